@@ -599,8 +599,8 @@ def _decide_party(
     if domains:
         return OURS, domains
     warnings.append(
-        "no From or P-Asserted-Identity domain to check; "
-        "treated as another organisation's party"
+        "no From or P-Asserted-Identity domain to check, so the party is "
+        "treated as another organisation's"
     )
     return OTHER_ORGANISATION, []
 
@@ -614,7 +614,9 @@ def _decide_arrival(
         return OUTSIDE, outside
     if counted:
         return INSIDE, counted
-    warnings.append("no signal shows where the request came from; assumed outside")
+    warnings.append(
+        "no signal shows where the request came from, so it is assumed outside"
+    )
     return OUTSIDE, []
 
 
