@@ -1,0 +1,102 @@
+"""The `b2bua` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+import click
+
+from b2bua.answer import answer_command
+from b2bua.cli_classify import classify_command
+from b2bua.cli_sdp import sdp_command
+from b2bua.config import ConfigError, check_config_command, load_config
+from b2bua.dial import dial_command
+
+
+@click.group()
+@click.version_option(package_name="b2bua")
+def main() -> None:
+    """Edge SIP back-to-back user agent: Kamailio edge, pjsua2 workers."""
+
+
+@main.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML config file; without it the built-in default runs "
+              "(SIP on 127.0.0.1:5060, dialplans/default.yaml).")
+@click.option("--demo-namespace", is_flag=True,
+              help="Run inside a network namespace created for the demo (root), "
+              "place one call to the echo service through it, and stop.")
+def run_command(config_path: str | None, demo_namespace: bool) -> None:
+    """Start the edge and the worker pool, and restart what dies."""
+    if demo_namespace:
+        from b2bua.demo import run_demo
+
+        sys.exit(run_demo(config_path))
+    from b2bua.supervisor import SupervisorError, run
+
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        sys.exit(run(cfg))
+    except SupervisorError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+
+
+@main.command("status")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False),
+              help="The config `b2bua run` was started with.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def status_command(config_path: str | None, as_json: bool) -> None:
+    """Show each worker's calls, conference ports and sockets."""
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    folder = os.path.join(cfg.runtime_dir, "workers")
+    workers = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not name.endswith(".json"):
+            continue
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as handle:
+                workers.append(json.load(handle))
+        except (OSError, ValueError):
+            continue
+    if as_json:
+        click.echo(json.dumps({"workers": workers}))
+        return
+    if not workers:
+        click.echo(f"no worker status in {folder}; is `b2bua run` running?")
+        sys.exit(1)
+    for worker in workers:
+        click.echo(
+            f"{worker['worker']}: pid {worker['pid']}, "
+            f"{worker['bridged_calls']} bridged call(s), "
+            f"{worker['pjsua_calls']} pjsua call(s), "
+            f"{worker['conference_ports']} conference port(s), "
+            f"{worker['open_sockets']} socket(s), "
+            f"{worker['calls_handled']} handled"
+        )
+
+
+main.add_command(check_config_command)
+main.add_command(classify_command)
+main.add_command(sdp_command)
+main.add_command(dial_command)
+main.add_command(answer_command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,323 @@
+"""Request routing of the Kamailio edge, run by app_python3 (KEMI).
+
+Every SIP request from outside lands here first. New calls are checked,
+classified, routed through the dialplan and dispatched to a pjsua2 worker
+with free capacity; requests from workers (their outgoing legs) are relayed
+to the target. The routing decision reaches the worker in `X-B2BUA-*`
+headers, which are first stripped from every request from outside so that
+no caller can set them.
+
+This runs inside Kamailio's embedded Python (Debian's 3.11, not the
+project's virtualenv), so it imports only the standard library and this
+package's pure modules. Kamailio forks its children after loading this
+file, so state every child must see (setup rates) lives in an htable, and
+the call load per worker in dialog profiles, both in shared memory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import KSR  # type: ignore[import-not-found]  # provided by app_python3
+
+from b2bua import policy as media_policy
+from b2bua.classify import (
+    ClassifyPolicy,
+    check_federation,
+    classify,
+    encode_class_header,
+)
+from b2bua.dialplan import Dialplan, NoRoute
+from b2bua.sipmsg import SipParseError, parse_message
+
+DISPATCHER_SET = 1
+BRIDGED_CALLS_PER_WORKER = 2
+RETRY_AFTER_S = 2
+ALLOWED_METHODS = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK"
+HEADER_PREFIX_RE = "^X-B2BUA-"
+
+
+def create_handler(runtime_file: str) -> EdgeHandler:
+    with open(runtime_file, encoding="utf-8") as handle:
+        runtime = json.load(handle)
+    return EdgeHandler(runtime)
+
+
+class EdgeHandler:
+    """The object app_python3 calls for each request, reply and failure."""
+
+    def __init__(self, runtime: dict[str, Any]) -> None:
+        self.runtime = runtime
+        self.workers = runtime["workers"]
+        self.worker_by_source = {
+            f"{w['address']}:{w['port']}": w for w in self.workers
+        }
+        internal = runtime["edge_internal"]
+        self.internal_socket = f"udp:{internal['address']}:{internal['port']}"
+        self.internal_key = (internal["address"], int(internal["port"]))
+        self.listeners = runtime["listeners"]
+        self.dialplan = Dialplan.from_dict(runtime["dialplan"])
+        self.classify_policy = ClassifyPolicy.from_sections(
+            runtime.get("classification") or {}, runtime.get("federation") or {}
+        )
+        self.classes = runtime["classes"]
+        self.turn_configured = bool(runtime.get("turn"))
+        self.max_setups = int(runtime.get("max_setups_per_second", 4))
+        self.expose_class = bool(runtime.get("expose_class_header", False))
+        self.rotation = 0
+
+    # app_python3 calls these for every process it forks.
+    def child_init(self, rank: int) -> int:
+        return 0
+
+    # ----- entry points -----------------------------------------------------
+
+    def ksr_request_route(self, msg: Any) -> int:
+        try:
+            self._route_request()
+        except Exception as error:  # noqa: BLE001 - a request must get an answer
+            KSR.err(f"edge: routing failed: {type(error).__name__}: {error}\n")
+            if KSR.tm.t_check_trans() <= 0 and KSR.pv.get("$rm") != "ACK":
+                KSR.sl.sl_send_reply(500, "Edge Routing Error")
+        return 1
+
+    def ksr_reply_route(self, msg: Any) -> int:
+        if not self.expose_class:
+            KSR.hdr.remove("X-B2BUA-Class")
+        return 1
+
+    def ksr_onsend_route(self, msg: Any) -> int:
+        return 1
+
+    def ksr_failure_to_worker(self, msg: Any) -> int:
+        """Turn a worker that never replied into a 503 the caller can retry."""
+        if KSR.tm.t_is_canceled() > 0:
+            return 1
+        if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
+            call_id = KSR.pv.get("$ci")
+            KSR.warn(f"call {call_id}: worker {KSR.pv.get('$du')} did not answer;"
+                     " marking it inactive, 503\n")
+            KSR.dispatcher.ds_mark_dst_state("ip")
+            KSR.hdr.append_to_reply(f"Retry-After: {RETRY_AFTER_S}\r\n")
+            KSR.tm.t_reply(503, "Worker Unavailable")
+        return 1
+
+    def ksr_failure_to_target(self, msg: Any) -> int:
+        """Report an unreachable target to the worker as 503 with a Reason."""
+        if KSR.tm.t_is_canceled() > 0:
+            return 1
+        if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
+            call_id = KSR.pv.get("$ci")
+            KSR.info(f"call {call_id}: target {KSR.pv.get('$ru')} unreachable\n")
+            KSR.hdr.append_to_reply(
+                'Reason: SIP;cause=408;text="target did not respond"\r\n'
+            )
+            KSR.tm.t_reply(503, "Target Unreachable")
+        return 1
+
+    # ----- routing ------------------------------------------------------------
+
+    def _route_request(self) -> None:
+        method = KSR.pv.get("$rm")
+        if KSR.maxfwd.process_maxfwd(10) < 0:
+            KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return
+        if KSR.sanity.sanity_check(17895, 7) < 0:
+            # sanity has already replied with the reason (400, 420, ...).
+            KSR.info(f"edge: {method} from {self._source()} failed sanity checks\n")
+            return
+        worker = self._worker_for_source()
+        if KSR.siputils.has_totag() > 0:
+            self._route_in_dialog(method)
+            return
+        if method == "CANCEL":
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return
+        if method == "ACK":
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return
+        if KSR.tm.t_check_trans() == 0:
+            return  # retransmission, absorbed by tm
+        if method == "OPTIONS" and not KSR.pv.get("$rU"):
+            KSR.hdr.append_to_reply(f"Allow: {ALLOWED_METHODS}\r\n")
+            KSR.sl.sl_send_reply(200, "OK")
+            return
+        if method != "INVITE":
+            KSR.hdr.append_to_reply(f"Allow: {ALLOWED_METHODS}\r\n")
+            KSR.sl.sl_send_reply(405, "Method Not Allowed")
+            return
+        if worker is not None:
+            self._route_outgoing_leg(worker)
+        else:
+            self._route_new_call()
+
+    def _route_in_dialog(self, method: str) -> None:
+        if KSR.rr.loose_route() > 0:
+            if method == "INVITE":
+                KSR.rr.record_route()
+            KSR.tm.t_relay()
+            return
+        if method == "ACK":
+            if KSR.tm.t_check_trans() > 0:
+                KSR.tm.t_relay()
+            return
+        KSR.sl.sl_send_reply(404, "Not Here")
+
+    def _route_outgoing_leg(self, worker: dict[str, Any]) -> None:
+        call_id = KSR.pv.get("$ci")
+        KSR.dialog.dlg_manage()
+        KSR.dialog.set_dlg_profile("worker_any", worker["id"])
+        KSR.rr.record_route()
+        KSR.info(f"call {call_id}: outgoing leg from {worker['id']} to "
+                 f"{KSR.pv.get('$ru')}\n")
+        KSR.tm.t_on_failure("ksr_failure_to_target")
+        if KSR.tm.t_relay() < 0:
+            KSR.hdr.append_to_reply(
+                'Reason: SIP;cause=503;text="target address could not be used"\r\n'
+            )
+            KSR.sl.sl_send_reply(503, "Target Unreachable")
+
+    def _route_new_call(self) -> None:
+        call_id = KSR.pv.get("$ci")
+        source_ip = KSR.pv.get("$si")
+        KSR.textops.remove_hf_re(HEADER_PREFIX_RE)
+        KSR.textopsx.msg_apply_changes()
+        try:
+            message = parse_message(KSR.pv.get("$mb").encode("utf-8", "replace"))
+        except SipParseError as error:
+            KSR.info(f"call {call_id}: unreadable INVITE ({error}); 400\n")
+            KSR.sl.sl_send_reply(400, "Bad Request")
+            return
+        user = KSR.pv.get("$rU") or ""
+        domain = KSR.pv.get("$rd") or ""
+        KSR.info(f"call {call_id}: received INVITE from {KSR.pv.get('$fu')} "
+                 f"to {KSR.pv.get('$ru')} via {self._source()}\n")
+
+        classification = classify(message, source_ip, self.classify_policy)
+        class_header = encode_class_header(classification)
+        call_class = classification.call_class
+        for warning in classification.warnings:
+            KSR.warn(f"call {call_id}: {warning}\n")
+        KSR.info(f"call {call_id}: classified {call_class}: "
+                 f"{classification.reason}\n")
+        rejection = check_federation(classification, message, self.classify_policy)
+        if rejection is not None:
+            KSR.info(f"call {call_id}: class {call_class}: rejected "
+                     f"{rejection.status} {rejection.reason}\n")
+            KSR.hdr.append_to_reply(f"Reason: {rejection.reason_header()}\r\n")
+            KSR.sl.sl_send_reply(rejection.status, rejection.reason)
+            return
+
+        route = self.dialplan.route(user, domain, source_ip, call_class)
+        if isinstance(route, NoRoute):
+            KSR.info(f"call {call_id}: class {call_class}: no dialplan rule "
+                     f"matches {user}@{domain}; {route.status} {route.reason}\n")
+            KSR.sl.sl_send_reply(route.status, route.reason)
+            return
+        edge_policy = self._edge_policy(call_class)
+        target = route.target
+        target_policy = media_policy.MediaPolicy(
+            ice=bool(target.ice), turn=False, srtp=target.srtp or "off"
+        ).name
+        route_header = json.dumps({
+            "rule": route.rule_name,
+            "target": target.name,
+            "kind": target.kind,
+            "uri": route.uri,
+            "policy": target_policy,
+            "headers": dict(route.headers),
+            "answer_timeout": target.answer_timeout,
+        }, separators=(",", ":"))
+
+        worker = self._pick_worker()
+        if worker is None:
+            KSR.info(f"call {call_id}: class {call_class}: every worker is busy or "
+                     "down; 503\n")
+            KSR.hdr.append_to_reply(f"Retry-After: {RETRY_AFTER_S}\r\n")
+            KSR.sl.sl_send_reply(503, "Service Unavailable")
+            return
+        KSR.info(f"call {call_id}: class {call_class}: routed by rule "
+                 f"{route.rule_name} to {target.name}; worker {worker['id']}, "
+                 f"edge-leg policy {edge_policy}\n")
+        original_uri = KSR.pv.get("$ru")
+        KSR.hdr.append(f"X-B2BUA-Route: {route_header}\r\n")
+        KSR.hdr.append(f"X-B2BUA-Class: {class_header}\r\n")
+        KSR.hdr.append(f"X-B2BUA-Source: {self._source()}\r\n")
+        KSR.hdr.append(f"X-B2BUA-Request-URI: {original_uri}\r\n")
+        KSR.pv.sets("$ru", f"sip:{user or 'b2bua'}@"
+                    f"{media_policy.policy_host(edge_policy)}")
+        KSR.pv.sets("$du", f"sip:{worker['address']}:{worker['port']}")
+        KSR.pv.sets("$fs", self.internal_socket)
+        KSR.rr.record_route()
+        KSR.tm.t_on_failure("ksr_failure_to_worker")
+        if KSR.tm.t_relay() < 0:
+            KSR.sl.sl_send_reply(500, "Could Not Reach Worker")
+
+    # ----- helpers --------------------------------------------------------------
+
+    def _source(self) -> str:
+        return (f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}")
+
+    def _worker_for_source(self) -> dict[str, Any] | None:
+        received = (KSR.pv.get("$Ri"), int(KSR.pv.get("$Rp") or 0))
+        if received != self.internal_key:
+            return None
+        return self.worker_by_source.get(f"{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}")
+
+    def _listener_ice(self) -> bool:
+        address, port = KSR.pv.get("$Ri"), int(KSR.pv.get("$Rp") or 0)
+        for listener in self.listeners:
+            if listener["port"] == port and listener["address"] in (address, "0.0.0.0"):
+                return bool(listener.get("ice", True))
+        return True
+
+    def _edge_policy(self, call_class: str) -> str:
+        class_policy = self.classes.get(call_class) or {}
+        ice = self._listener_ice() and bool(class_policy.get("ice", True))
+        turn = ice and self.turn_configured and bool(class_policy.get("turn", False))
+        srtp = str(class_policy.get("srtp", "optional"))
+        return media_policy.MediaPolicy(ice=ice, turn=turn, srtp=srtp).name
+
+    def _profile_size(self, worker_id: str) -> int:
+        KSR.dialog.get_profile_size("worker_load", worker_id, "$var(load)")
+        return int(KSR.pv.geti("$var(load)") or 0)
+
+    def _pick_worker(self) -> dict[str, Any] | None:
+        """Pick the least-loaded live worker that is under its setup rate.
+
+        Runs under an htable lock so that two Kamailio children cannot both
+        see the same free slot.
+        """
+        second = int(time.time())
+        KSR.htable.sht_lock("workerlock", "pick")
+        try:
+            candidates = []
+            count = len(self.workers)
+            self.rotation = (self.rotation + 1) % max(count, 1)
+            for offset in range(count):
+                worker = self.workers[(self.rotation + offset) % count]
+                uri = f"sip:{worker['address']}:{worker['port']}"
+                if KSR.dispatcher.ds_is_active_uri(DISPATCHER_SET, uri) < 0:
+                    continue
+                load = self._profile_size(worker["id"])
+                if load >= BRIDGED_CALLS_PER_WORKER:
+                    continue
+                candidates.append((load, offset, worker))
+            candidates.sort(key=lambda item: (item[0], item[1]))
+            for _load, _offset, worker in candidates:
+                key = f"{worker['id']}:{second}"
+                # NOTE: the rate limit keeps pjlib's 64-entry socket table from
+                # running dry; see docs/limitations.md.
+                if KSR.htable.sht_inc("setups", key) > self.max_setups:
+                    continue
+                KSR.dialog.dlg_manage()
+                KSR.dialog.set_dlg_profile("worker_load", worker["id"])
+                KSR.dialog.set_dlg_profile("worker_any", worker["id"])
+                return worker
+            return None
+        finally:
+            KSR.htable.sht_unlock("workerlock", "pick")

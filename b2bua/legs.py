@@ -1,0 +1,440 @@
+"""Call legs and the pair that bridges them, inside a worker.
+
+A `CallPair` is one bridged call: the edge leg (the INVITE the edge
+dispatched to this worker) and, for SIP targets, the target leg the worker
+places through the edge. Built-in targets (`echo`, `tone`) have no target
+leg. All methods run on the worker's event-loop thread.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pjsua2 as pj
+
+from b2bua import pjsip_util
+from b2bua.sipmsg import SipMessage
+
+if TYPE_CHECKING:
+    from b2bua.worker import PolicyAccount, Worker
+
+log = logging.getLogger("b2bua.worker")
+
+ROUTE_HEADER = "X-B2BUA-Route"
+CLASS_HEADER = "X-B2BUA-Class"
+TONE_FREQUENCIES = (440, 480)
+# A target that answers CANCEL with nothing must not hold the caller forever.
+CANCEL_GRACE_S = 4.0
+
+
+@dataclass
+class TargetSpec:
+    """Where the edge routed the call, as carried in X-B2BUA-Route."""
+
+    kind: str  # echo | tone | sip
+    name: str
+    rule: str
+    uri: str | None = None
+    policy: str = "noice-noturn-off"
+    headers: dict[str, str] = field(default_factory=dict)
+    answer_timeout: float | None = None
+
+    @classmethod
+    def from_headers(cls, message: SipMessage) -> TargetSpec | None:
+        value = message.header(ROUTE_HEADER)
+        if not value:
+            return None
+        try:
+            data = json.loads(value)
+            return cls(
+                kind=str(data["kind"]),
+                name=str(data["target"]),
+                rule=str(data.get("rule", "")),
+                uri=data.get("uri"),
+                policy=str(data.get("policy", "noice-noturn-off")),
+                headers={str(k): str(v) for k, v in data.get("headers", {}).items()},
+                answer_timeout=data.get("answer_timeout"),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+def sip_headers(headers: list[tuple[str, str]]) -> Any:
+    vector = pj.SipHeaderVector()
+    for name, value in headers:
+        header = pj.SipHeader()
+        header.hName = name
+        header.hValue = value
+        vector.append(header)
+    return vector
+
+
+def reason_header(cause: int, text: str) -> tuple[str, str]:
+    safe = text.replace('"', "'").replace("\r", " ").replace("\n", " ")
+    return ("Reason", f'SIP;cause={cause};text="{safe}"')
+
+
+class Leg(pj.Call):
+    """One pjsua call; forwards its events to the pair that owns it."""
+
+    def __init__(self, account: PolicyAccount, pair: CallPair | None, role: str,
+                 call_id: int = pj.PJSUA_INVALID_ID) -> None:
+        super().__init__(account, call_id)
+        self.pair = pair
+        self.role = role  # "edge" or "target"
+        self.disconnected = False
+        self.confirmed = False
+        self.last_status = 0
+        self.last_reason = ""
+        self.audio: Any = None
+        self.ice_reported = False
+
+    @staticmethod
+    def reject_incoming(account: PolicyAccount, call_id: int, status: int,
+                        reason: str) -> None:
+        leg = Leg(account, None, "edge", call_id)
+        prm = pj.CallOpParam()
+        prm.statusCode = status
+        prm.reason = reason
+        try:
+            leg.answer(prm)
+        except pj.Error as error:
+            log.warning("could not reject call: %s", error.info())
+        account.worker.rejected_legs.append(leg)
+
+    def onCallState(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
+        info = self.getInfo()
+        self.last_status = info.lastStatusCode
+        self.last_reason = info.lastReason
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            self.confirmed = True
+        if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self.disconnected = True
+        if self.pair is not None:
+            self.pair.on_leg_state(self, info)
+
+    def onCallMediaState(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
+        if self.pair is not None:
+            self.pair.on_leg_media(self)
+
+    def onCallMediaTransportState(self, prm: Any) -> None:  # noqa: N802
+        if self.pair is not None:
+            self.pair.on_leg_transport(self, prm.state, prm.status)
+
+
+class CallPair:
+    """One bridged call: the edge leg, an optional target leg, and media."""
+
+    def __init__(self, worker: Worker, call_id: str, target: TargetSpec,
+                 caller_uri: str, call_class: str, no_answer_timeout: float,
+                 max_duration: float) -> None:
+        self.worker = worker
+        self.call_id = call_id
+        self.target = target
+        self.caller_uri = caller_uri
+        self.call_class = call_class
+        self.edge: Leg | None = None
+        self.target_leg: Leg | None = None
+        self.tone: Any = None
+        self.created = time.monotonic()
+        self.answer_deadline = self.created + no_answer_timeout
+        self.max_duration = max_duration
+        self.answered_at: float | None = None
+        self.edge_answer_sent = 0  # highest status sent on the edge leg
+        self.timed_out = False
+        self.cancel_sent_at: float | None = None
+        self.end_reason = ""
+        self.bridged = False
+        self.finished = False
+
+    def live_leg_count(self) -> int:
+        return sum(1 for leg in (self.edge, self.target_leg)
+                   if leg is not None and not leg.disconnected)
+
+    @property
+    def class_name(self) -> str:
+        return self.call_class.split(";", 1)[0].strip() or "unset"
+
+    # ----- setup -----------------------------------------------------------
+
+    def accept_incoming(self, account: PolicyAccount, pjsua_call_id: int) -> None:
+        self.edge = Leg(account, self, "edge", pjsua_call_id)
+        log.info("call %s: routed by rule %s to %s (%s)", self.call_id,
+                 self.target.rule or "?", self.target.name,
+                 self.target.uri or "built-in")
+        if self.target.kind in ("echo", "tone"):
+            self._answer_edge(200)
+            return
+        self._place_target_leg()
+
+    def _place_target_leg(self) -> None:
+        account = self.worker.account_for_policy(self.target.policy)
+        if account is None or not self.target.uri:
+            log.error("call %s: no account for policy %s; 500", self.call_id,
+                      self.target.policy)
+            self._reject_edge(500, "No Media Policy")
+            return
+        self.target_leg = Leg(account, self, "target")
+        prm = pj.CallOpParam(True)
+        if self.caller_uri:
+            prm.txOption.localUri = self.caller_uri
+        prm.txOption.headers = sip_headers(list(self.target.headers.items()))
+        try:
+            self.target_leg.makeCall(self.target.uri, prm)
+        except pj.Error as error:
+            log.warning("call %s: outgoing leg to %s failed to start: %s",
+                        self.call_id, self.target.uri, error.info())
+            self.target_leg = None
+            self._reject_edge(503, "Service Unavailable",
+                              reason_header(503, "outgoing leg failed to start"))
+            return
+        log.info("call %s: outgoing leg calling %s", self.call_id, self.target.uri)
+
+    # ----- answers on the edge leg ------------------------------------------
+
+    def _answer_edge(self, status: int) -> None:
+        if self.edge is None or self.edge.disconnected or status <= self.edge_answer_sent:
+            return
+        prm = pj.CallOpParam()
+        prm.statusCode = status
+        headers: list[tuple[str, str]] = []
+        if status == 200 and self.call_class:
+            headers.append((CLASS_HEADER, self.call_class))
+        prm.txOption.headers = sip_headers(headers)
+        try:
+            self.edge.answer(prm)
+        except pj.Error as error:
+            log.warning("call %s: answer %d failed: %s", self.call_id, status,
+                        error.info())
+            return
+        self.edge_answer_sent = status
+        if status == 200:
+            self.answered_at = time.monotonic()
+            setup_ms = (self.answered_at - self.created) * 1000
+            log.info("call %s: answered (%s, class %s, setup %.0f ms)",
+                     self.call_id, self.target.name, self.class_name, setup_ms)
+
+    def _reject_edge(self, status: int, reason: str,
+                     header: tuple[str, str] | None = None) -> None:
+        if self.edge is None or self.edge.disconnected:
+            return
+        prm = pj.CallOpParam()
+        prm.statusCode = status
+        prm.reason = reason
+        if header is not None:
+            prm.txOption.headers = sip_headers([header])
+        self.end_reason = f"{status} {reason}"
+        try:
+            self.edge.hangup(prm)
+        except pj.Error as error:
+            log.warning("call %s: reject %d failed: %s", self.call_id, status,
+                        error.info())
+
+    # ----- events ------------------------------------------------------------
+
+    def on_leg_state(self, leg: Leg, info: Any) -> None:
+        if leg.role == "target":
+            self._on_target_state(leg, info)
+        else:
+            self._on_edge_state(leg, info)
+
+    def _on_target_state(self, leg: Leg, info: Any) -> None:
+        state = info.state
+        if state == pj.PJSIP_INV_STATE_EARLY:
+            status = info.lastStatusCode
+            if status in (180, 181, 182) and self.edge_answer_sent < 180:
+                log.info("call %s: outgoing leg ringing (%d)", self.call_id, status)
+                self._answer_edge(180)
+        elif state == pj.PJSIP_INV_STATE_CONFIRMED:
+            log.info("call %s: outgoing leg answered", self.call_id)
+            self._answer_edge(200)
+        elif state == pj.PJSIP_INV_STATE_DISCONNECTED:
+            self._on_target_ended(leg, info)
+
+    def _on_target_ended(self, leg: Leg, info: Any) -> None:
+        status, reason = info.lastStatusCode, info.lastReason
+        edge = self.edge
+        if edge is None or edge.disconnected:
+            log.info("call %s: outgoing leg ended (%d %s)", self.call_id, status,
+                     reason)
+            return
+        if self.edge_answer_sent >= 200:
+            self.end_reason = "target hung up"
+            log.info("call %s: target hung up; sending BYE to the caller",
+                     self.call_id)
+            self._hangup(edge, 200, "")
+            return
+        if self.timed_out:
+            log.info("call %s: no answer within %.0f s; 408", self.call_id,
+                     self.answer_deadline - self.created)
+            self._reject_edge(408, "Request Timeout",
+                              reason_header(408, "no answer from target"))
+            return
+        if status < 300:
+            status, reason = 500, "Outgoing Leg Failed"
+        log.info("call %s: outgoing leg failed with %d %s; relaying it",
+                 self.call_id, status, reason)
+        self._reject_edge(status, reason or "Failed")
+
+    def _on_edge_state(self, leg: Leg, info: Any) -> None:
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            log.info("call %s: edge leg confirmed", self.call_id)
+            return
+        if info.state != pj.PJSIP_INV_STATE_DISCONNECTED:
+            return
+        duration = (time.monotonic() - self.answered_at) if self.answered_at else 0
+        if not self.end_reason:
+            if self.answered_at:
+                self.end_reason = "caller hung up"
+            else:
+                self.end_reason = "caller cancelled"
+        log.info("call %s: ended (%s, status %d, class %s, %.1f s)", self.call_id,
+                 self.end_reason, info.lastStatusCode, self.class_name, duration)
+        target = self.target_leg
+        if target is not None and not target.disconnected:
+            self._hangup(target, 487 if not target.confirmed else 200, "")
+
+    def on_leg_media(self, leg: Leg) -> None:
+        audio = self._active_audio(leg)
+        if audio is None:
+            return
+        leg.audio = audio
+        if leg.role == "target" and not self.target_leg_confirmed():
+            # Early media from the target: answer the caller with 183 and our
+            # own SDP, so the caller hears the target's ringback or prompts.
+            if self.edge_answer_sent < 183:
+                log.info("call %s: early media from target; 183", self.call_id)
+                self._answer_edge(183)
+        self._connect_media()
+
+    def target_leg_confirmed(self) -> bool:
+        return self.target_leg is not None and self.target_leg.confirmed
+
+    def _active_audio(self, leg: Leg) -> Any:
+        try:
+            info = leg.getInfo()
+        except pj.Error:
+            return None
+        for index, media in enumerate(info.media):
+            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status in (
+                pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD
+            ):
+                try:
+                    return leg.getAudioMedia(index)
+                except pj.Error:
+                    return None
+        return None
+
+    def _connect_media(self) -> None:
+        edge = self.edge
+        if edge is None or edge.audio is None:
+            return
+        if self.target.kind == "echo":
+            edge.audio.startTransmit(edge.audio)
+            self.bridged = True
+            return
+        if self.target.kind == "tone":
+            if self.tone is None:
+                self.tone = pj.ToneGenerator()
+                self.tone.createToneGenerator(8000, 1)
+                tone = pj.ToneDesc()
+                tone.freq1, tone.freq2 = TONE_FREQUENCIES
+                tone.on_msec, tone.off_msec = 1000, 200
+                tones = pj.ToneDescVector()
+                tones.append(tone)
+                self.tone.play(tones, True)
+            self.tone.startTransmit(edge.audio)
+            self.bridged = True
+            return
+        target = self.target_leg
+        if target is None or target.audio is None:
+            return
+        edge.audio.startTransmit(target.audio)
+        target.audio.startTransmit(edge.audio)
+        if not self.bridged:
+            log.info("call %s: media bridged", self.call_id)
+        self.bridged = True
+
+    def on_leg_transport(self, leg: Leg, state: int, status: int) -> None:
+        if leg.role != "edge" or leg.ice_reported:
+            return
+        if status != 0:
+            leg.ice_reported = True
+            log.warning("call %s: ICE failed on the edge leg (status %d); ending",
+                        self.call_id, status)
+            self.end_both("ICE negotiation failed", 488)
+            return
+        pair = pjsip_util.selected_ice_pair(leg)
+        if pair is not None and pair.get("state") == "completed":
+            leg.ice_reported = True
+            log.info("call %s: ICE completed, pair %s -> %s over %s",
+                     self.call_id, pair.get("local_type"), pair.get("remote_type"),
+                     pair.get("transport"))
+
+    # ----- teardown ------------------------------------------------------------
+
+    def _hangup(self, leg: Leg, status: int, reason_text: str) -> None:
+        prm = pj.CallOpParam()
+        if status:
+            prm.statusCode = status
+        if reason_text:
+            prm.txOption.headers = sip_headers([reason_header(status or 200,
+                                                              reason_text)])
+        try:
+            leg.hangup(prm)
+        except pj.Error as error:
+            log.debug("call %s: hangup of %s leg: %s", self.call_id, leg.role,
+                      error.info())
+
+    def end_both(self, reason_text: str, cause: int) -> None:
+        """End both legs with a Reason header: BYE if answered, else a final status."""
+        self.end_reason = reason_text
+        for leg in (self.edge, self.target_leg):
+            if leg is None or leg.disconnected:
+                continue
+            if leg.role == "edge" and self.edge_answer_sent < 200:
+                self._reject_edge(cause, reason_text, reason_header(cause, reason_text))
+            else:
+                self._hangup(leg, 200 if leg.confirmed else 487, reason_text)
+
+    def on_tick(self, now: float) -> None:
+        edge, target = self.edge, self.target_leg
+        edge_done = edge is None or edge.disconnected
+        target_done = target is None or target.disconnected
+        if edge_done and target_done:
+            self._release()
+            return
+        if (target is not None and not target_done and self.edge_answer_sent < 200
+                and not self.timed_out and now >= self.answer_deadline):
+            self.timed_out = True
+            self.cancel_sent_at = now
+            log.info("call %s: no answer from target; cancelling", self.call_id)
+            self._hangup(target, 487, "")
+        if (self.timed_out and self.cancel_sent_at is not None and not edge_done
+                and now - self.cancel_sent_at > CANCEL_GRACE_S):
+            self._reject_edge(408, "Request Timeout",
+                              reason_header(408, "no answer from target"))
+        if (self.max_duration and self.answered_at is not None and not edge_done
+                and now - self.answered_at >= self.max_duration):
+            log.info("call %s: maximum duration %.0f s reached", self.call_id,
+                     self.max_duration)
+            self.end_both("maximum call duration reached", 200)
+
+    def _release(self) -> None:
+        if self.tone is not None:
+            try:
+                self.tone.stop()
+            except pj.Error:
+                pass
+        self.tone = None
+        for leg in (self.edge, self.target_leg):
+            if leg is not None:
+                leg.audio = None
+                leg.pair = None
+        self.edge = None
+        self.target_leg = None
+        self.finished = True

@@ -1,0 +1,358 @@
+"""`b2bua run`: start and watch the Kamailio edge and the pjsua2 workers.
+
+The supervisor validates the config, writes the edge's files into the
+runtime folder, starts Kamailio and N workers, and restarts whatever dies.
+When a worker dies its calls are ended at the edge (BYE to the far ends,
+through the dialog module) and its load is dropped at once, so new calls do
+not wait for the dialogs to time out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from b2bua import policy as media_policy
+from b2bua.config import Config, resolve_media_address
+from b2bua.edge import kamcfg
+
+log = logging.getLogger("b2bua.supervisor")
+
+KAMAILIO = "/usr/sbin/kamailio"
+KAMCMD = "/usr/sbin/kamcmd"
+POLL_INTERVAL_S = 0.2
+STOP_TIMEOUT_S = 8.0
+# Restarting faster than this after a crash loop would only burn CPU.
+MAX_RESTART_BACKOFF_S = 10.0
+
+
+class SupervisorError(RuntimeError):
+    """A start-up failure with a message an operator can act on."""
+
+
+def build_runtime(cfg: Config, media_address: str) -> dict[str, Any]:
+    """Describe everything the edge and the workers need, as plain JSON."""
+    count = cfg.workers.count
+    span = cfg.media.port_max - cfg.media.port_min + 1
+    per_worker = span // count
+    if per_worker < 8:
+        raise SupervisorError(
+            f"media ports {cfg.media.port_min}-{cfg.media.port_max} give each of "
+            f"{count} workers only {per_worker} ports; widen media.port_min/"
+            "port_max or lower workers.count (each worker needs at least 8)"
+        )
+    status_dir = os.path.join(cfg.runtime_dir, "workers")
+    workers = []
+    for index in range(count):
+        workers.append({
+            "id": f"w{index}",
+            "address": cfg.edge.internal_address,
+            "port": cfg.workers.sip_port_base + index,
+            "media_port": cfg.media.port_min + index * per_worker,
+            "media_port_range": per_worker,
+            "status_file": os.path.join(status_dir, f"w{index}.json"),
+        })
+    turn = [
+        {"server": t.server, "transport": t.transport, "username": t.username,
+         "password": t.password}
+        for t in cfg.ice.turn
+    ]
+    classes = {
+        name: {"ice": p.ice, "turn": p.turn, "srtp": p.srtp}
+        for name, p in cfg.classes.items()
+    }
+    internal = {"address": cfg.edge.internal_address, "port": cfg.edge.internal_port}
+    return {
+        "config_file": cfg.source_file,
+        "log_level": cfg.log_level,
+        "listeners": [
+            {"address": l.address, "port": l.port, "transports": list(l.transports),
+             "ice": l.ice}
+            for l in cfg.listen
+        ],
+        "edge_internal": internal,
+        "edge_internal_uri": f"sip:{internal['address']}:{internal['port']};lr",
+        "workers": workers,
+        "media_address": media_address,
+        "stun": list(cfg.ice.stun),
+        "turn": turn,
+        "policies": reachable_policies(cfg),
+        "srtp": cfg.srtp,
+        "no_answer_timeout": cfg.calls.no_answer_timeout,
+        "max_duration": cfg.calls.max_duration,
+        "max_setups_per_second": cfg.workers.max_setups_per_second,
+        "expose_class_header": cfg.expose_class_header,
+        "dialplan": cfg.dialplan.to_dict(),
+        "classification": cfg.classification,
+        "federation": cfg.federation,
+        "classes": classes,
+    }
+
+
+def reachable_policies(cfg: Config) -> list[str]:
+    """List the media policies a call can need, one pjsua account each."""
+    names: set[str] = set()
+    turn_configured = bool(cfg.ice.turn)
+    for listener in cfg.listen:
+        for class_policy in cfg.classes.values():
+            ice = listener.ice and class_policy.ice
+            names.add(media_policy.MediaPolicy(
+                ice=ice, turn=ice and turn_configured and class_policy.turn,
+                srtp=class_policy.srtp,
+            ).name)
+    for target in cfg.dialplan.targets.values():
+        if target.kind == "sip":
+            names.add(media_policy.MediaPolicy(
+                ice=target.ice, turn=False, srtp=target.srtp).name)
+    if len(names) > media_policy.MAX_POLICIES:
+        raise SupervisorError(
+            f"the config needs {len(names)} media policies ({', '.join(sorted(names))})"
+            f" but a worker holds at most {media_policy.MAX_POLICIES}; make the "
+            "classes: and targets: policies share ice/turn/srtp settings"
+        )
+    return sorted(names)
+
+
+@dataclass
+class Child:
+    """A process the supervisor runs and restarts."""
+
+    name: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    started_at: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Supervisor:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.runtime_dir = cfg.runtime_dir
+        self.stopping = False
+        self.children: list[Child] = []
+        self.edge: Child | None = None
+        self.paths: dict[str, str] = {}
+        self.runtime: dict[str, Any] = {}
+
+    # ----- start -------------------------------------------------------------
+
+    def prepare(self) -> None:
+        for tool in (KAMAILIO, KAMCMD):
+            if not os.access(tool, os.X_OK):
+                raise SupervisorError(
+                    f"{tool} not found; install Kamailio with "
+                    "'apt-get install kamailio kamailio-python3-modules'"
+                )
+        media_address = resolve_media_address(self.cfg)
+        self.runtime = build_runtime(self.cfg, media_address)
+        os.makedirs(os.path.join(self.runtime_dir, "workers"), exist_ok=True)
+        for stale in os.listdir(os.path.join(self.runtime_dir, "workers")):
+            os.unlink(os.path.join(self.runtime_dir, "workers", stale))
+        runtime_file = os.path.join(self.runtime_dir, "runtime.json")
+        with open(runtime_file, "w", encoding="utf-8") as handle:
+            json.dump(self.runtime, handle, indent=1)
+        os.chmod(runtime_file, 0o600)  # it contains TURN passwords
+        self.paths = kamcfg.write_edge_files(self.runtime, self.runtime_dir,
+                                             runtime_file)
+        self.paths["runtime"] = runtime_file
+        check = subprocess.run(
+            [KAMAILIO, "-c", "-f", self.paths["cfg"]],
+            capture_output=True, text=True, timeout=30,
+        )
+        if check.returncode != 0:
+            lines = [l for l in check.stderr.splitlines() if "ERROR" in l]
+            raise SupervisorError(
+                "Kamailio rejected the generated config "
+                f"{self.paths['cfg']}: {lines[-1] if lines else check.stderr[-300:]}"
+            )
+        self.edge = Child("edge", [
+            KAMAILIO, "-f", self.paths["cfg"], "-DD", "-E", "-w", self.runtime_dir,
+            "-P", os.path.join(self.runtime_dir, "kamailio.pid"),
+        ])
+        for index, worker in enumerate(self.runtime["workers"]):
+            child = Child(worker["id"], [
+                sys.executable, "-m", "b2bua.worker", "--runtime", runtime_file,
+                "--index", str(index),
+            ])
+            child.extra["uri"] = f"sip:{worker['address']}:{worker['port']}"
+            self.children.append(child)
+
+    def start(self) -> None:
+        assert self.edge is not None
+        log.info(
+            "starting: edge on %s, %d workers, media on %s, dialplan %s",
+            ", ".join(f"{'/'.join(l['transports'])}:{l['address']}:{l['port']}"
+                      for l in self.runtime["listeners"]),
+            len(self.children), self.runtime["media_address"],
+            self.cfg.dialplan_file,
+        )
+        for child in self.children:
+            self._spawn(child)
+        self._spawn(self.edge)
+
+    def _spawn(self, child: Child) -> None:
+        env = dict(os.environ)
+        package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = package_parent + os.pathsep + env.get("PYTHONPATH", "")
+        stderr = subprocess.PIPE if child is self.edge else None
+        child.process = subprocess.Popen(
+            child.argv, env=env, stdin=subprocess.DEVNULL, stderr=stderr,
+            start_new_session=False,
+        )
+        child.started_at = time.monotonic()
+        if child is self.edge and child.process.stderr is not None:
+            threading.Thread(target=self._relay_edge_log,
+                             args=(child.process.stderr,), daemon=True).start()
+        log.debug("started %s pid %d", child.name, child.process.pid)
+
+    def _relay_edge_log(self, stream: Any) -> None:
+        edge_log = logging.getLogger("b2bua.edge")
+        for raw in stream:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if not line:
+                continue
+            if " ERROR: " in line or "CRITICAL" in line:
+                edge_log.error("%s", line)
+            elif " WARNING: " in line:
+                edge_log.warning("%s", line)
+            elif "<script>" in line or "app_python3" in line:
+                edge_log.info("%s", line)
+            else:
+                edge_log.debug("%s", line)
+
+    # ----- watch -------------------------------------------------------------
+
+    def run(self) -> int:
+        while not self.stopping:
+            time.sleep(POLL_INTERVAL_S)
+            for child in [*self.children, self.edge]:
+                if child is None or self.stopping:
+                    continue
+                self._check(child)
+        return self._stop_all()
+
+    def _check(self, child: Child) -> None:
+        process = child.process
+        now = time.monotonic()
+        if process is None:
+            if now >= child.next_start:
+                self._spawn(child)
+            return
+        code = process.poll()
+        if code is None:
+            return
+        uptime = now - child.started_at
+        log.warning("%s (pid %d) exited with status %s after %.1f s; restarting",
+                    child.name, process.pid, code, uptime)
+        child.process = None
+        if child is not self.edge:
+            self._drop_worker_calls(child)
+        child.restarts += 1
+        backoff = 0.0 if uptime > 30 else min(MAX_RESTART_BACKOFF_S,
+                                              0.5 * 2 ** min(child.restarts, 5))
+        child.next_start = now + backoff
+
+    def _drop_worker_calls(self, child: Child) -> None:
+        """End a dead worker's dialogs at the edge and stop sending it calls."""
+        uri = child.extra["uri"]
+        self._rpc("dispatcher.set_state", "ip", "1", uri)
+        ended = 0
+        for h_entry, h_id in self._worker_dialogs(child.name):
+            if self._rpc("dlg.end_dlg", str(h_entry), str(h_id),
+                         'Reason: SIP;cause=500;text="media worker failed"\r\n'):
+                ended += 1
+        log.warning("%s: ended %d dialog(s) of the failed worker at the edge",
+                    child.name, ended)
+
+    def _worker_dialogs(self, worker_id: str) -> list[tuple[int, int]]:
+        output = self._rpc_output("dlg.profile_list", "worker_any", worker_id)
+        dialogs = []
+        entry: int | None = None
+        for line in output.splitlines():
+            key, _, value = line.strip().partition(":")
+            if key == "h_entry":
+                entry = int(value.strip())
+            elif key == "h_id" and entry is not None:
+                dialogs.append((entry, int(value.strip())))
+                entry = None
+        return dialogs
+
+    def _rpc_output(self, *args: str) -> str:
+        ok, output = self._rpc_call(args)
+        return output if ok else ""
+
+    def _rpc(self, *args: str) -> bool:
+        ok, _output = self._rpc_call(args)
+        return ok
+
+    def _rpc_call(self, args: tuple[str, ...]) -> tuple[bool, str]:
+        try:
+            result = subprocess.run(
+                [KAMCMD, "-s", f"unix:{self.paths['ctl_socket']}", *args],
+                capture_output=True, text=True, timeout=5,
+            )
+        except (OSError, subprocess.TimeoutExpired) as error:
+            log.warning("edge RPC %s failed: %s", args[0], error)
+            return False, ""
+        if result.returncode != 0:
+            log.debug("edge RPC %s: %s", args[0], result.stderr.strip())
+            return False, ""
+        return True, result.stdout
+
+    # ----- stop --------------------------------------------------------------
+
+    def request_stop(self, signum: int, _frame: Any) -> None:
+        if not self.stopping:
+            log.info("signal %d: stopping", signum)
+        self.stopping = True
+
+    def _stop_all(self) -> int:
+        workers = [c.process for c in self.children if c.process is not None]
+        for process in workers:
+            _signal(process, signal.SIGTERM)
+        _wait_all(workers, STOP_TIMEOUT_S)
+        if self.edge is not None and self.edge.process is not None:
+            _signal(self.edge.process, signal.SIGTERM)
+            _wait_all([self.edge.process], STOP_TIMEOUT_S)
+        log.info("stopped")
+        return 0
+
+
+def _signal(process: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        process.send_signal(signum)
+    except ProcessLookupError:
+        pass
+
+
+def _wait_all(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for process in processes:
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            process.wait(remaining)
+        except subprocess.TimeoutExpired:
+            log.warning("pid %d did not stop in %.0f s; killing it", process.pid,
+                        timeout)
+            process.kill()
+            process.wait(5)
+
+
+def run(cfg: Config) -> int:
+    supervisor = Supervisor(cfg)
+    signal.signal(signal.SIGTERM, supervisor.request_stop)
+    signal.signal(signal.SIGINT, supervisor.request_stop)
+    supervisor.prepare()
+    supervisor.start()
+    return supervisor.run()
+

@@ -1,0 +1,367 @@
+"""A pjsua2 worker process: terminates both legs of up to two bridged calls.
+
+The edge (Kamailio) sends each worker INVITEs that already carry the routing
+decision in `X-B2BUA-*` headers and a request-URI whose host names the media
+policy (see `policy.py`). The worker answers on the edge leg, places the
+outgoing leg toward the target through the edge, and bridges audio through
+pjsua's conference bridge. Every pjsua2 call happens on the one thread that
+runs the event loop, because this pjsip build aborts otherwise.
+
+Run as `python3 -m b2bua.worker --runtime FILE --index N`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pjsua2 as pj
+
+from b2bua import policy as media_policy
+from b2bua.legs import CallPair, Leg, TargetSpec
+from b2bua.sipmsg import SipParseError, name_addr_uri, parse_message
+
+log = logging.getLogger("b2bua.worker")
+
+# pjsua's compiled PJSUA_MAX_CALLS: two bridged calls of two legs each.
+MAX_BRIDGED_CALLS = 2
+EVENT_LOOP_TIMEOUT_MS = 100
+STATUS_INTERVAL_S = 2.0
+
+
+@dataclass
+class WorkerSettings:
+    """What one worker needs from the supervisor's runtime file."""
+
+    index: int
+    worker_id: str
+    sip_address: str
+    sip_port: int
+    edge_uri: str
+    media_address: str
+    media_port: int
+    media_port_range: int
+    stun: list[str]
+    turn: list[dict[str, Any]]
+    policies: list[str]
+    no_answer_timeout: float
+    max_duration: float
+    status_file: str
+    log_level: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_runtime(cls, runtime: dict[str, Any], index: int) -> WorkerSettings:
+        worker = runtime["workers"][index]
+        return cls(
+            index=index,
+            worker_id=worker["id"],
+            sip_address=worker["address"],
+            sip_port=worker["port"],
+            edge_uri=runtime["edge_internal_uri"],
+            media_address=runtime["media_address"],
+            media_port=worker["media_port"],
+            media_port_range=worker["media_port_range"],
+            stun=list(runtime["stun"]),
+            turn=list(runtime["turn"]),
+            policies=list(runtime["policies"]),
+            no_answer_timeout=float(runtime["no_answer_timeout"]),
+            max_duration=float(runtime["max_duration"]),
+            status_file=worker["status_file"],
+            log_level=runtime["log_level"],
+        )
+
+
+class PolicyAccount(pj.Account):
+    """One pjsua account per media policy; incoming calls pick it by host."""
+
+    def __init__(self, worker: Worker, policy_name: str) -> None:
+        super().__init__()
+        self.worker = worker
+        self.policy_name = policy_name
+
+    def onIncomingCall(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
+        self.worker.on_incoming_call(self, prm)
+
+
+class Worker:
+    """The worker's state: endpoint, accounts, and the call pairs it bridges."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.endpoint = pj.Endpoint()
+        self.accounts: dict[str, PolicyAccount] = {}
+        self.pairs: list[CallPair] = []
+        # Legs rejected before a pair existed; kept until pjsua disconnects them.
+        self.rejected_legs: list[Leg] = []
+        self.stopping = False
+        self.started_at = time.monotonic()
+        self.calls_handled = 0
+        self._last_status = 0.0
+        self._last_status_text = ""
+
+    # ----- lifecycle -------------------------------------------------------
+
+    def start(self) -> None:
+        s = self.settings
+        ep_cfg = pj.EpConfig()
+        ep_cfg.uaConfig.threadCnt = 0
+        ep_cfg.uaConfig.mainThreadOnly = False
+        ep_cfg.uaConfig.maxCalls = 2 * MAX_BRIDGED_CALLS
+        ep_cfg.uaConfig.userAgent = "b2bua-worker"
+        ep_cfg.uaConfig.stunServer = pj.StringVector(s.stun)
+        ep_cfg.uaConfig.stunIgnoreFailure = True
+        debug = s.log_level == "debug"
+        ep_cfg.logConfig.level = 5 if debug else 1
+        ep_cfg.logConfig.consoleLevel = 4 if debug else 1
+        ep_cfg.logConfig.msgLogging = 1 if debug else 0
+        ep_cfg.logConfig.decor = 0x2 | 0x8 | 0x40  # time, sender, newline
+        # G.711 needs no resampling at 8 kHz, which costs a third of the CPU.
+        ep_cfg.medConfig.clockRate = 8000
+        ep_cfg.medConfig.sndClockRate = 8000
+        ep_cfg.medConfig.threadCnt = 1
+        ep_cfg.medConfig.noVad = True
+        ep_cfg.medConfig.ecTailLen = 0
+        self.endpoint.libCreate()
+        self.endpoint.libInit(ep_cfg)
+
+        tp_cfg = pj.TransportConfig()
+        tp_cfg.boundAddress = s.sip_address
+        tp_cfg.port = s.sip_port
+        self.endpoint.transportCreate(pj.PJSIP_TRANSPORT_UDP, tp_cfg)
+        self.endpoint.audDevManager().setNullDev()
+        self.endpoint.libStart()
+        self._set_codec_priorities()
+
+        for name in s.policies:
+            self.accounts[name] = self._create_account(name)
+        log.info(
+            "worker %s ready on %s:%d, media %s:%d-%d, policies %s",
+            s.worker_id, s.sip_address, s.sip_port, s.media_address,
+            s.media_port, s.media_port + s.media_port_range - 1,
+            ", ".join(s.policies),
+        )
+        self.write_status(force=True)
+
+    def _set_codec_priorities(self) -> None:
+        # G.711 first; the bridge runs at 8 kHz and wideband codecs would make
+        # it resample every frame.
+        wanted = {"PCMU/8000": 255, "PCMA/8000": 254, "G722/16000": 120,
+                  "telephone-event/8000": 100}
+        for codec in self.endpoint.codecEnum2():
+            codec_id = codec.codecId
+            short = codec_id.rsplit("/", 1)[0] if codec_id.count("/") > 1 else codec_id
+            self.endpoint.codecSetPriority(codec_id, wanted.get(short, 0))
+
+    def _create_account(self, policy_name: str) -> PolicyAccount:
+        s = self.settings
+        policy = media_policy.parse_policy_name(policy_name)
+        cfg = pj.AccountConfig()
+        cfg.idUri = f"sip:b2bua@{media_policy.policy_host(policy_name)}"
+        cfg.regConfig.registrarUri = ""
+        cfg.regConfig.registerOnAdd = False
+        cfg.sipConfig.proxies = pj.StringVector([s.edge_uri])
+        cfg.mediaConfig.transportConfig.port = s.media_port
+        cfg.mediaConfig.transportConfig.portRange = s.media_port_range
+        cfg.mediaConfig.transportConfig.boundAddress = s.media_address
+        cfg.mediaConfig.srtpUse = {
+            "off": pj.PJMEDIA_SRTP_DISABLED,
+            "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+            "required": pj.PJMEDIA_SRTP_MANDATORY,
+        }[policy.srtp]
+        cfg.mediaConfig.srtpSecureSignaling = 0
+        nat = cfg.natConfig
+        nat.iceEnabled = policy.ice
+        nat.sdpNatRewriteUse = 0
+        nat.viaRewriteUse = 0
+        nat.contactRewriteUse = 0
+        nat.sipStunUse = pj.PJSUA_STUN_USE_DISABLED
+        nat.mediaStunUse = (
+            pj.PJSUA_STUN_USE_DEFAULT if policy.ice and s.stun
+            else pj.PJSUA_STUN_USE_DISABLED
+        )
+        if policy.ice and policy.turn and s.turn:
+            turn = s.turn[0]
+            nat.turnEnabled = True
+            nat.turnServer = turn["server"]
+            nat.turnConnType = {
+                "udp": pj.PJ_TURN_TP_UDP,
+                "tcp": pj.PJ_TURN_TP_TCP,
+                "tls": pj.PJ_TURN_TP_TLS,
+            }[turn.get("transport", "udp")]
+            nat.turnUserName = turn.get("username", "")
+            nat.turnPasswordType = 0
+            nat.turnPassword = turn.get("password", "")
+        account = PolicyAccount(self, policy_name)
+        account.create(cfg)
+        return account
+
+    def run(self) -> None:
+        while True:
+            self.endpoint.libHandleEvents(EVENT_LOOP_TIMEOUT_MS)
+            now = time.monotonic()
+            self.rejected_legs = [leg for leg in self.rejected_legs
+                                  if not leg.disconnected]
+            for pair in list(self.pairs):
+                pair.on_tick(now)
+                if pair.finished:
+                    self.pairs.remove(pair)
+                    self.write_status(force=True)
+            self.write_status()
+            if self.stopping:
+                if not self.pairs:
+                    break
+                if now - self._stop_requested > 5.0:
+                    log.warning("worker %s: calls did not end within 5 s; exiting",
+                                self.settings.worker_id)
+                    break
+
+    def request_stop(self, signum: int, _frame: Any) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        self._stop_requested = time.monotonic()
+        log.info("worker %s: signal %d, ending %d call(s)",
+                 self.settings.worker_id, signum, len(self.pairs))
+        for pair in self.pairs:
+            pair.end_both("worker shutting down", 503)
+
+    def shutdown(self) -> None:
+        self.pairs.clear()
+        self.rejected_legs.clear()
+        for account in self.accounts.values():
+            account.shutdown()
+        self.accounts.clear()
+        gc.collect()
+        self.endpoint.libDestroy()
+
+    # ----- calls -----------------------------------------------------------
+
+    def on_incoming_call(self, account: PolicyAccount, prm: Any) -> None:
+        s = self.settings
+        call_id = "?"
+        try:
+            message = parse_message(prm.rdata.wholeMsg.encode("utf-8", "replace"))
+            call_id = message.header("Call-ID") or "?"
+        except SipParseError as error:
+            log.warning("call ?: unreadable INVITE from the edge (%s); 400", error)
+            Leg.reject_incoming(account, prm.callId, 400, "Bad Request")
+            return
+        active = [pair for pair in self.pairs if not pair.finished]
+        if self.stopping or len(active) >= MAX_BRIDGED_CALLS:
+            log.warning("call %s: worker %s full (%d bridged calls); 503",
+                        call_id, s.worker_id, len(active))
+            Leg.reject_incoming(account, prm.callId, 503, "Worker Full")
+            return
+        target = TargetSpec.from_headers(message)
+        if target is None:
+            log.warning("call %s: no X-B2BUA-Route from the edge; 500", call_id)
+            Leg.reject_incoming(account, prm.callId, 500, "Missing Route")
+            return
+        call_class = message.header("X-B2BUA-Class") or ""
+        caller = name_addr_uri(message.header("From") or "")
+        source = message.header("X-B2BUA-Source") or prm.rdata.srcAddress
+        pair = CallPair(
+            worker=self,
+            call_id=call_id,
+            target=target,
+            caller_uri=caller,
+            call_class=call_class,
+            no_answer_timeout=target.answer_timeout or s.no_answer_timeout,
+            max_duration=s.max_duration,
+        )
+        self.pairs.append(pair)
+        self.calls_handled += 1
+        log.info("call %s: received from %s (%s) to %s, class %s, policy %s",
+                 call_id, caller, source, message.request_uri,
+                 call_class.split(";", 1)[0] or "unset", account.policy_name)
+        pair.accept_incoming(account, prm.callId)
+        self.write_status(force=True)
+
+    def account_for_policy(self, name: str) -> PolicyAccount | None:
+        return self.accounts.get(name)
+
+    # ----- status ----------------------------------------------------------
+
+    def write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status < STATUS_INTERVAL_S:
+            return
+        self._last_status = now
+        status = {
+            "worker": self.settings.worker_id,
+            "pid": os.getpid(),
+            "bridged_calls": len([p for p in self.pairs if not p.finished]),
+            "pjsua_calls": sum(p.live_leg_count() for p in self.pairs)
+            + len(self.rejected_legs),
+            "conference_ports": int(self.endpoint.mediaActivePorts()),
+            "open_sockets": count_open_sockets(),
+            "calls_handled": self.calls_handled,
+            "uptime_s": round(now - self.started_at, 1),
+            "stopping": self.stopping,
+        }
+        text = json.dumps(status, sort_keys=True)
+        if text == self._last_status_text and not force:
+            return
+        self._last_status_text = text
+        tmp = self.settings.status_file + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+        os.replace(tmp, self.settings.status_file)
+
+
+def count_open_sockets() -> int:
+    count = 0
+    try:
+        for entry in os.scandir("/proc/self/fd"):
+            try:
+                if os.readlink(entry.path).startswith("socket:"):
+                    count += 1
+            except OSError:
+                continue
+    except OSError:
+        return -1
+    return count
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="b2bua pjsua2 worker")
+    parser.add_argument("--runtime", required=True, help="runtime JSON file")
+    parser.add_argument("--index", type=int, required=True, help="worker index")
+    args = parser.parse_args(argv)
+    with open(args.runtime, encoding="utf-8") as handle:
+        runtime = json.load(handle)
+    settings = WorkerSettings.from_runtime(runtime, args.index)
+    logging.basicConfig(
+        level=logging.DEBUG if settings.log_level == "debug" else logging.INFO,
+        format=f"%(asctime)s %(levelname)s {settings.worker_id} %(message)s",
+        stream=sys.stderr,
+    )
+    if settings.log_level != "debug":
+        # pjlib prints its start-up banner to stdout before any log level
+        # applies; at the default level the operator wants only our lines.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.close(devnull)
+    worker = Worker(settings)
+    signal.signal(signal.SIGTERM, worker.request_stop)
+    signal.signal(signal.SIGINT, worker.request_stop)
+    try:
+        worker.start()
+        worker.run()
+    finally:
+        worker.shutdown()
+    log.info("worker %s stopped", settings.worker_id)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
