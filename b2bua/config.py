@@ -555,7 +555,9 @@ def _read_yaml(path: Path, shown: str) -> tuple[Any, yaml.Node | None]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        problem = " ".join(part for part in (exc.context, exc.problem) if part)
+        problem = exc.problem or "syntax error"
+        if exc.context:
+            problem = f"{problem} ({exc.context})"
         raise ConfigError(shown, line, "", f"invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(shown, None, "", f"invalid YAML: {exc}") from None
@@ -617,7 +619,7 @@ def load_dialplan(path: str | os.PathLike[str], shown: str | None = None) -> Dia
     shown = shown or str(path)
     data, root = _read_yaml(Path(path), shown)
     try:
-        return parse_dialplan(data, shown)
+        return parse_dialplan(data, str(Path(path).resolve()))
     except SchemaError as exc:
         raise _located(exc, shown, root) from None
 
