@@ -74,7 +74,7 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Listener:
-    """One SIP listener of the edge; `ice` applies to calls arriving here."""
+    """One SIP listener of the edge. `ice` applies to calls arriving here."""
 
     address: str
     port: int
@@ -107,7 +107,7 @@ class IceConfig:
 
 @dataclass(frozen=True)
 class WorkersConfig:
-    """Worker pool; `count` is already resolved when the file says auto."""
+    """Worker pool. A `count` of auto in the file is resolved at load time."""
 
     count: int
     sip_port_base: int
@@ -122,7 +122,7 @@ class EdgeConfig:
 
 @dataclass(frozen=True)
 class CallsConfig:
-    """Call timers in seconds; max_duration 0 means unlimited."""
+    """Call timers in seconds. A max_duration of 0 means unlimited."""
 
     no_answer_timeout: int
     max_duration: int
@@ -226,7 +226,7 @@ def _check_ip(value: Any, path: KeyPath) -> str:
 
 
 def _check_host(value: Any, path: KeyPath) -> str:
-    """Validate an IP address or a DNS name; names are lowercased."""
+    """Validate an IP address or a DNS name, and return names lowercased."""
     text = check_str(value, path)
     try:
         return str(ipaddress.ip_address(text))
@@ -280,7 +280,10 @@ def _check_turn(value: Any, path: KeyPath) -> TurnServer:
     entry = check_mapping(value, path, _TURN_KEYS)
     for key in ("server", "username", "password"):
         if key not in entry:
-            raise SchemaError(path + (key,), "missing key; a TURN server needs it")
+            raise SchemaError(
+                path + (key,),
+                "missing key; a TURN server needs server, username and password",
+            )
     transport = _check_turn_transport(
         entry.get("transport", "udp"), path + ("transport",)
     )
@@ -351,7 +354,7 @@ class _Key:
 
 
 def _section(keys: dict[str, _Key], build: Callable[..., Any] = dict) -> Checker:
-    """Build a checker for a mapping with `keys`; missing keys take defaults."""
+    """Build a checker for a mapping with `keys`. Missing keys take defaults."""
 
     def check(value: Any, path: KeyPath) -> Any:
         entry = check_mapping(value, path, tuple(keys))
@@ -364,11 +367,11 @@ def _section(keys: dict[str, _Key], build: Callable[..., Any] = dict) -> Checker
     return check
 
 
-def _non_empty(check: Checker, what: str) -> Checker:
+def _non_empty(check: Checker, item_name: str) -> Checker:
     def wrapped(value: Any, path: KeyPath) -> Any:
         result = check(value, path)
         if not result:
-            raise SchemaError(path, f"at least one {what} is required")
+            raise SchemaError(path, f"at least one {item_name} is required")
         return result
 
     return wrapped
@@ -485,16 +488,16 @@ def _check_consistency(values: dict[str, Any]) -> None:
             ("media", "port_max"), f"must be >= media.port_min ({media.port_min})"
         )
 
-    # Ports in use per address; "*" stands for the wildcard addresses.
-    taken: dict[tuple[str, int], str] = {}
+    # Ports in use per address. The key "*" is any wildcard address.
+    used_ports: dict[tuple[str, int], str] = {}
 
     def claim(address: str, port: int, owner: str, path: KeyPath) -> None:
         wildcard = ipaddress.ip_address(address).is_unspecified
-        for (other_address, other_port), other in taken.items():
+        for (other_address, other_port), other in used_ports.items():
             same_host = wildcard or other_address in ("*", address)
             if other_port == port and same_host:
                 raise SchemaError(path, f"port {port} is already used by {other}")
-        taken[("*" if wildcard else address, port)] = owner
+        used_ports[("*" if wildcard else address, port)] = owner
 
     for index, listener in enumerate(values["listen"]):
         claim(
@@ -518,9 +521,10 @@ def _check_consistency(values: dict[str, Any]) -> None:
             ("workers", "sip_port_base"),
             f"{workers.count} workers need ports up to {last}; the maximum is 65535",
         )
+    # The supervisor binds the workers to the edge's internal address.
     for index in range(workers.count):
         claim(
-            "127.0.0.1",
+            edge.internal_address,
             workers.sip_port_base + index,
             f"worker {index}",
             ("workers", "sip_port_base"),
@@ -537,20 +541,22 @@ def _check_consistency(values: dict[str, Any]) -> None:
 # --- loading -----------------------------------------------------------------
 
 
-def _read_yaml(path: Path, shown: str) -> tuple[Any, yaml.Node | None]:
+def _read_yaml(path: Path, display_name: str) -> tuple[Any, yaml.Node | None]:
     """Parse one YAML document and return its data and node tree."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(shown, None, "", "file not found") from None
+        raise ConfigError(display_name, None, "", "file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(shown, None, "", f"cannot read file: {exc}") from None
+        raise ConfigError(
+            display_name, None, "", f"failed to read file: {exc}"
+        ) from None
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return None, None
-        _reject_duplicate_keys(node, (), shown)
+        _reject_duplicate_keys(node, (), display_name)
         return loader.construct_document(node), node
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
@@ -558,14 +564,14 @@ def _read_yaml(path: Path, shown: str) -> tuple[Any, yaml.Node | None]:
         problem = exc.problem or "syntax error"
         if exc.context:
             problem = f"{problem} ({exc.context})"
-        raise ConfigError(shown, line, "", f"invalid YAML: {problem}") from None
+        raise ConfigError(display_name, line, "", f"invalid YAML: {problem}") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(shown, None, "", f"invalid YAML: {exc}") from None
+        raise ConfigError(display_name, None, "", f"invalid YAML: {exc}") from None
     finally:
         loader.dispose()
 
 
-def _reject_duplicate_keys(node: yaml.Node, path: KeyPath, shown: str) -> None:
+def _reject_duplicate_keys(node: yaml.Node, path: KeyPath, display_name: str) -> None:
     # PyYAML keeps the last of two equal keys silently.
     if isinstance(node, yaml.MappingNode):
         seen: set[str] = set()
@@ -573,16 +579,16 @@ def _reject_duplicate_keys(node: yaml.Node, path: KeyPath, shown: str) -> None:
             name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
             if isinstance(key, yaml.ScalarNode) and name in seen:
                 raise ConfigError(
-                    shown,
+                    display_name,
                     key.start_mark.line + 1,
                     format_key_path(path + (name,)),
                     "duplicate key",
                 )
             seen.add(name)
-            _reject_duplicate_keys(value, path + (name,), shown)
+            _reject_duplicate_keys(value, path + (name,), display_name)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _reject_duplicate_keys(item, path + (index,), shown)
+            _reject_duplicate_keys(item, path + (index,), display_name)
 
 
 def _node_line(root: yaml.Node | None, path: KeyPath) -> int | None:
@@ -610,18 +616,24 @@ def _node_line(root: yaml.Node | None, path: KeyPath) -> int | None:
     return line
 
 
-def _located(exc: SchemaError, shown: str, root: yaml.Node | None) -> ConfigError:
-    return ConfigError(shown, _node_line(root, exc.path), exc.key_path, exc.message)
+def _located(
+    exc: SchemaError, display_name: str, root: yaml.Node | None
+) -> ConfigError:
+    return ConfigError(
+        display_name, _node_line(root, exc.path), exc.key_path, exc.message
+    )
 
 
-def load_dialplan(path: str | os.PathLike[str], shown: str | None = None) -> Dialplan:
-    """Load and validate one dialplan file; raise ConfigError on any problem."""
-    shown = shown or str(path)
-    data, root = _read_yaml(Path(path), shown)
+def load_dialplan(
+    path: str | os.PathLike[str], display_name: str | None = None
+) -> Dialplan:
+    """Load and validate one dialplan file, or raise ConfigError."""
+    display_name = display_name or str(path)
+    data, root = _read_yaml(Path(path), display_name)
     try:
         return parse_dialplan(data, str(Path(path).resolve()))
     except SchemaError as exc:
-        raise _located(exc, shown, root) from None
+        raise _located(exc, display_name, root) from None
 
 
 def load_config(path: str | None) -> Config:
@@ -633,33 +645,33 @@ def load_config(path: str | None) -> Config:
     data: Any = {}
     root: yaml.Node | None = None
     if path is None:
-        shown, base = "<built-in default>", Path.cwd()
+        display_name, base = "<built-in default>", Path.cwd()
     else:
-        shown = path
-        data, root = _read_yaml(Path(path), shown)
+        display_name = path
+        data, root = _read_yaml(Path(path), display_name)
         base = Path(path).resolve().parent
     try:
         values = _check_top(data, ())
         _check_consistency(values)
     except SchemaError as exc:
-        raise _located(exc, shown, root) from None
+        raise _located(exc, display_name, root) from None
 
     if values["dialplan"] is None:
         dialplan_path = DEFAULT_DIALPLAN
     else:
         dialplan_path = base / values["dialplan"]
     if path is not None and values["dialplan"] is not None:
-        dialplan_shown = values["dialplan"]
+        dialplan_name = values["dialplan"]
         if not dialplan_path.is_file():
             raise ConfigError(
-                shown,
+                display_name,
                 _node_line(root, ("dialplan",)),
                 "dialplan",
                 f"dialplan file {str(dialplan_path)!r} not found",
             )
     else:
-        dialplan_shown = str(dialplan_path)
-    dialplan = load_dialplan(dialplan_path, dialplan_shown)
+        dialplan_name = str(dialplan_path)
+    dialplan = load_dialplan(dialplan_path, dialplan_name)
 
     values.pop("dialplan")
     values["runtime_dir"] = str(base / values["runtime_dir"])
@@ -671,10 +683,10 @@ def load_config(path: str | None) -> Config:
     )
     log.info(
         "loaded config %s: %d listeners, %d workers, dialplan %s with %d rules",
-        shown,
+        display_name,
         len(config.listen),
         config.workers.count,
-        dialplan_shown,
+        dialplan_name,
         len(dialplan.rules),
     )
     return config
@@ -742,7 +754,7 @@ def resolve_media_address(cfg: Config) -> str:
     help="Config file (YAML). Without it, the built-in default is checked.",
 )
 def check_config_command(config_path: str | None) -> None:
-    """Validate a config file and its dialplan; exit status 2 if invalid."""
+    """Validate a config file and its dialplan. Exit with status 2 if invalid."""
     try:
         config = load_config(config_path)
     except ConfigError as exc:

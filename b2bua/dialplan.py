@@ -1,7 +1,7 @@
 """Dialplans: named SIP targets and ordered rules that route an incoming call.
 
 Standard library only, because Kamailio's embedded Python imports this module.
-`parse_dialplan` validates the plain data that a YAML file or JSON holds and
+`parse_dialplan` validates the plain data loaded from a YAML file or JSON and
 raises `SchemaError` with the key path of the first invalid value. The small
 validators below are shared with `b2bua.config`, which adds file and line.
 """
@@ -22,7 +22,7 @@ CALL_CLASSES = ("local", "remote", "federation")
 SRTP_MODES = ("off", "optional", "required")
 BUILTIN_TARGETS = ("echo", "tone")
 
-# Headers that the worker's SIP stack builds for each leg; a second copy
+# Headers that the worker's SIP stack builds for each leg. A second copy
 # from a rule would break the dialog or the message framing.
 MANAGED_HEADERS = frozenset(
     name.lower()
@@ -167,9 +167,9 @@ def enum_checker(*allowed: str) -> Checker:
         if value is False and "off" in allowed:
             return "off"
         if not isinstance(value, str) or value not in allowed:
-            shown = repr(value) if isinstance(value, str) else describe(value)
+            value_text = repr(value) if isinstance(value, str) else describe(value)
             raise SchemaError(
-                path, f"invalid value {shown}; allowed: {', '.join(allowed)}"
+                path, f"invalid value {value_text}; allowed: {', '.join(allowed)}"
             )
         return value
 
@@ -177,7 +177,7 @@ def enum_checker(*allowed: str) -> Checker:
 
 
 def list_checker(item: Checker, *, allow_single: bool = False) -> Checker:
-    """Build a checker for a list whose items pass `item`; returns a tuple.
+    """Build a checker for a list whose items pass `item`, returning a tuple.
 
     With `allow_single`, a lone scalar counts as a list of one.
     """
@@ -195,7 +195,7 @@ def list_checker(item: Checker, *, allow_single: bool = False) -> Checker:
 
 
 def check_cidr(value: Any, path: KeyPath) -> str:
-    """Validate an IPv4 or IPv6 network; a bare address counts as /32 or /128."""
+    """Validate an IPv4 or IPv6 network. A bare address counts as /32 or /128."""
     text = check_str(value, path)
     try:
         return str(ipaddress.ip_network(text, strict=False))
@@ -246,7 +246,7 @@ class Rewrite:
 
 @dataclass(frozen=True)
 class Rule:
-    """One dialplan rule; every condition that is set must hold."""
+    """One dialplan rule. Every condition that is set must hold."""
 
     name: str
     index: int

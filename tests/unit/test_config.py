@@ -44,6 +44,7 @@ def test_builtin_default_values() -> None:
     assert config.ice.stun == ()
     assert config.ice.turn == ()
     assert config.srtp == "optional"
+
     assert config.workers.count == max(2, 2 * (os.cpu_count() or 1))
     assert config.workers.sip_port_base == 5100
     assert config.workers.max_setups_per_second == 4.0
@@ -51,6 +52,7 @@ def test_builtin_default_values() -> None:
     assert config.edge.internal_port == 5070
     assert config.calls.no_answer_timeout == 30
     assert config.calls.max_duration == 0
+
     assert config.classification == {
         "local_domains": (),
         "internal_networks": (),
@@ -96,12 +98,14 @@ def test_full_config_every_key() -> None:
         TurnServer("localhost:5349", "tls", "bob", "hunter2"),
     )
     assert config.srtp == "required"
+
     assert config.workers.count == 3
     assert config.workers.sip_port_base == 6100
     assert config.workers.max_setups_per_second == 2.5
     assert config.edge.internal_port == 6070
     assert config.calls.no_answer_timeout == 20
     assert config.calls.max_duration == 3600
+
     assert config.classification["local_domains"] == ("example.com",)
     assert config.classification["internal_networks"] == (
         "10.0.0.0/8",
@@ -114,10 +118,12 @@ def test_full_config_every_key() -> None:
         "allow": ("partner.example.net",),
         "deny": ("blocked.example.org",),
     }
-    # A bare `off` is YAML false; it must still mean srtp off.
+
+    # A bare `off` is YAML false, which must still mean srtp off.
     assert config.classes["local"] == ClassPolicy(ice=False, turn=False, srtp="off")
     assert config.classes["remote"] == ClassPolicy(ice=True, turn=True, srtp="required")
     assert config.expose_class_header is True
+
     assert config.dialplan_file == str(DATA / "trunk.yaml")
     assert config.runtime_dir == str(DATA / "run")
     assert config.log_level == "debug"
@@ -225,7 +231,8 @@ ERROR_CASES = [
     (
         "turn without password",
         "ice:\n  turn:\n    - server: 127.0.0.1\n      username: u\n",
-        "FILE:3: ice.turn[0].password: missing key; a TURN server needs it",
+        "FILE:3: ice.turn[0].password: missing key; a TURN server needs server, "
+        "username and password",
     ),
     (
         "unknown class",
