@@ -239,6 +239,19 @@ def _check_host(value: Any, path: KeyPath) -> str:
     return text.lower()
 
 
+def _check_peer(value: Any, path: KeyPath) -> str:
+    """Validate an address, a CIDR or a DNS name, as b2bua.classify accepts."""
+    text = check_str(value, path)
+    if _HOSTNAME.fullmatch(text) and not text.replace(".", "").isdigit():
+        return text.lower()
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise SchemaError(
+            path, f"invalid peer {text!r}; expected an address, CIDR or DNS name"
+        ) from None
+
+
 def _check_domain(value: Any, path: KeyPath) -> str:
     text = check_str(value, path)
     if not _HOSTNAME.fullmatch(text):
@@ -456,8 +469,8 @@ _SCHEMA: dict[str, _Key] = {
             {
                 "local_domains": _Key(_domains, []),
                 "internal_networks": _Key(list_checker(check_cidr), []),
-                "edge_servers": _Key(list_checker(_check_host), []),
-                "trusted_peers": _Key(list_checker(check_cidr), []),
+                "edge_servers": _Key(list_checker(_check_peer), []),
+                "trusted_peers": _Key(list_checker(_check_peer), []),
                 "public_cloud": _Key(
                     enum_checker("federation", "remote"), "federation"
                 ),

@@ -111,8 +111,15 @@ def test_full_config_every_key() -> None:
         "10.0.0.0/8",
         "192.168.1.7/32",
     )
-    assert config.classification["edge_servers"] == ("edge.example.com", "192.0.2.10")
-    assert config.classification["trusted_peers"] == ("192.0.2.10/32",)
+    assert config.classification["edge_servers"] == (
+        "edge.example.com",
+        "192.0.2.10/32",
+        "198.51.100.0/24",
+    )
+    assert config.classification["trusted_peers"] == (
+        "192.0.2.10/32",
+        "proxy.example.com",
+    )
     assert config.classification["public_cloud"] == "remote"
     assert config.federation == {
         "allow": ("partner.example.net",),
@@ -270,6 +277,12 @@ ERROR_CASES = [
         "federation allow and deny",
         "federation:\n  allow: [a.example]\n  deny: [A.example]\n",
         "FILE:3: federation.deny: domain 'a.example' is in both allow and deny",
+    ),
+    (
+        "bad peer",
+        "classification:\n  trusted_peers: [10.0.0.0/8, 'not a host']\n",
+        "FILE:2: classification.trusted_peers[1]: invalid peer 'not a host'; "
+        "expected an address, CIDR or DNS name",
     ),
     (
         "bad domain",
