@@ -43,7 +43,7 @@ class AnswerAccount(pj.Account):
         super().__init__()
         self.server = server
 
-    def onIncomingCall(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API name)
+    def onIncomingCall(self, prm: Any) -> None:
         self.server.incoming(self, prm)
 
 
@@ -93,8 +93,7 @@ class AnswerServer:
         try:
             call.answer(prm)
         except pj.Error as exc:
-            log.warning("%s: answer %d failed: %s", call.call_id_text, code,
-                        exc.info())
+            log.warning("%s: answer %d failed: %s", call.call_id_text, code, exc.info())
 
     def _final(self, call: ToneCall) -> None:
         if call.ended:
@@ -124,48 +123,98 @@ class AnswerServer:
             call.hangup_local()
 
 
-def _check_status(
-    ctx: click.Context, param: click.Parameter, value: int
-) -> int:
+def _check_status(ctx: click.Context, param: click.Parameter, value: int) -> int:
     if not (200 <= value <= 299 or 400 <= value <= 699):
         raise click.BadParameter(
-            f"{value} is not a final status this UAS can send; use 200-299 or "
-            "400-699"
+            f"{value} is not a final status this UAS can send; use 200-299 or 400-699"
         )
     return value
 
 
 @click.command("answer")
-@click.option("--bind", default="127.0.0.1", show_default=True,
-              help="Address for SIP and media.")
-@click.option("--port", default=5070, show_default=True,
-              type=click.IntRange(1, 65535), help="SIP port (UDP and TCP).")
-@click.option("--status", default=200, show_default=True, type=int,
-              callback=_check_status, help="Final response to every INVITE.")
-@click.option("--ring", type=click.FloatRange(0, 3600), default=None,
-              help="Seconds to send 180 (or 183 with --early-media) before the "
-              "final response.")
-@click.option("--early-media", is_flag=True,
-              help="Send 183 with SDP and play the tone before the final "
-              f"response (for --ring seconds, default {DEFAULT_EARLY_MEDIA_SECONDS}).")
-@click.option("--ice/--no-ice", default=True, show_default=True,
-              help="Offer ICE candidates in answers.")
-@click.option("--srtp", type=click.Choice(sorted(pjsip_util.SRTP_MODES)),
-              default="off", show_default=True, help="SRTP use on media.")
-@click.option("--hangup-after", type=click.FloatRange(0, 86400), default=None,
-              help="Seconds after answering to send BYE (default: wait for the "
-              "caller).")
-@click.option("--calls", "max_calls", type=click.IntRange(1), default=None,
-              help="Exit after this many calls have ended.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False),
-              default=None, help="Append one JSON line per finished call here.")
-@click.option("--max-seconds", type=click.FloatRange(1), default=None,
-              help="Exit after this many seconds even if calls remain.")
+@click.option(
+    "--bind", default="127.0.0.1", show_default=True, help="Address for SIP and media."
+)
+@click.option(
+    "--port",
+    default=5070,
+    show_default=True,
+    type=click.IntRange(1, 65535),
+    help="SIP port (UDP and TCP).",
+)
+@click.option(
+    "--status",
+    default=200,
+    show_default=True,
+    type=int,
+    callback=_check_status,
+    help="Final response to every INVITE.",
+)
+@click.option(
+    "--ring",
+    type=click.FloatRange(0, 3600),
+    default=None,
+    help="Seconds to send 180 (or 183 with --early-media) before the final response.",
+)
+@click.option(
+    "--early-media",
+    is_flag=True,
+    help="Send 183 with SDP and play the tone before the final "
+    f"response (for --ring seconds, default {DEFAULT_EARLY_MEDIA_SECONDS}).",
+)
+@click.option(
+    "--ice/--no-ice",
+    default=True,
+    show_default=True,
+    help="Offer ICE candidates in answers.",
+)
+@click.option(
+    "--srtp",
+    type=click.Choice(sorted(pjsip_util.SRTP_MODES)),
+    default="off",
+    show_default=True,
+    help="SRTP use on media.",
+)
+@click.option(
+    "--hangup-after",
+    type=click.FloatRange(0, 86400),
+    default=None,
+    help="Seconds after answering to send BYE (default: wait for the caller).",
+)
+@click.option(
+    "--calls",
+    "max_calls",
+    type=click.IntRange(1),
+    default=None,
+    help="Exit after this many calls have ended.",
+)
+@click.option(
+    "--report",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Append one JSON line per finished call here.",
+)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(1),
+    default=None,
+    help="Exit after this many seconds even if calls remain.",
+)
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug logs.")
 def answer_command(
-    bind: str, port: int, status: int, ring: float | None, early_media: bool,
-    ice: bool, srtp: str, hangup_after: float | None, max_calls: int | None,
-    report_path: str | None, max_seconds: float | None, verbose: int,
+    bind: str,
+    port: int,
+    status: int,
+    ring: float | None,
+    early_media: bool,
+    ice: bool,
+    srtp: str,
+    hangup_after: float | None,
+    max_calls: int | None,
+    report_path: str | None,
+    max_seconds: float | None,
+    verbose: int,
 ) -> None:
     """Answer incoming calls with a tone (a test UAS; sends no echo).
 
@@ -175,30 +224,62 @@ def answer_command(
     pjsip_util.configure_cli_logging(verbose)
     if ring is None:
         ring = DEFAULT_EARLY_MEDIA_SECONDS if early_media else 0.0
-    report: IO[str] | None = None
+    if report_path is None:
+        sys.exit(
+            _serve(
+                bind,
+                port,
+                status,
+                ring,
+                early_media,
+                ice,
+                srtp,
+                hangup_after,
+                max_calls,
+                None,
+                max_seconds,
+            )
+        )
     try:
-        if report_path is not None:
-            report = open(report_path, "a", encoding="utf-8")
-        code = _serve(bind, port, status, ring, early_media, ice, srtp,
-                      hangup_after, max_calls, report, max_seconds)
+        report = open(report_path, "a", encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
-        click.echo(f"answer: cannot open report file: {exc}", err=True)
-        code = 1
-    finally:
-        if report is not None:
-            report.close()
+        click.echo(f"answer: cannot open report file {report_path}: {exc}", err=True)
+        sys.exit(1)
+    with report:
+        code = _serve(
+            bind,
+            port,
+            status,
+            ring,
+            early_media,
+            ice,
+            srtp,
+            hangup_after,
+            max_calls,
+            report,
+            max_seconds,
+        )
     sys.exit(code)
 
 
 def _serve(
-    bind: str, port: int, status: int, ring: float, early_media: bool, ice: bool,
-    srtp: str, hangup_after: float | None, max_calls: int | None,
-    report: IO[str] | None, max_seconds: float | None,
+    bind: str,
+    port: int,
+    status: int,
+    ring: float,
+    early_media: bool,
+    ice: bool,
+    srtp: str,
+    hangup_after: float | None,
+    max_calls: int | None,
+    report: IO[str] | None,
+    max_seconds: float | None,
 ) -> int:
     ep = pjsip_util.create_endpoint()
     loop = EventLoop(ep)
-    server = AnswerServer(loop, status, ring, early_media, hangup_after,
-                          max_calls, report)
+    server = AnswerServer(
+        loop, status, ring, early_media, hangup_after, max_calls, report
+    )
     holders: list[Any] = []
     previous = {
         sig: signal.signal(sig, lambda *_: loop.stop())
@@ -219,8 +300,9 @@ def _serve(
         sys.stdout.flush()
         loop.run(max_seconds)
         server.hangup_all()
-        loop.run_until(lambda: not any(not c.ended for c in server.calls.values()),
-                       DRAIN_SECONDS)
+        loop.run_until(
+            lambda: not any(not c.ended for c in server.calls.values()), DRAIN_SECONDS
+        )
         return 0
     except pj.Error as exc:
         click.echo(f"answer: pjsip failed: {exc.info()}", err=True)

@@ -26,7 +26,9 @@ DRAIN_SECONDS = 3.0
 EXIT_OK = 0
 EXIT_CALL_FAILED = 1
 
-HOST_PORT_RE = re.compile(r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$")
+HOST_PORT_RE = re.compile(
+    r"^(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$"
+)
 HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9!%*_+`'~.\-]+$")
 
 
@@ -224,15 +226,7 @@ def _run_call(opts: DialOptions, loop: EventLoop, call: ToneCall) -> dict[str, A
     call.started = time.monotonic()
     call.makeCall(uri, prm)
     log.info("calling %s", uri)
-    error = None
-    if not loop.run_until(lambda: call.answered or call.ended, opts.timeout):
-        error = f"no answer within {opts.timeout:g} s"
-    elif call.answered and opts.hangup == "local":
-        loop.run_until(lambda: call.ended, opts.duration)
-    elif call.answered:
-        if not loop.run_until(lambda: call.ended, opts.duration + opts.timeout):
-            error = (f"far end did not hang up within "
-                     f"{opts.duration + opts.timeout:g} s")
+    error = _wait_for_end(opts, loop, call)
     if not call.ended:
         call.hangup_local()
         loop.run_until(lambda: call.ended, DRAIN_SECONDS)
@@ -246,48 +240,128 @@ def _run_call(opts: DialOptions, loop: EventLoop, call: ToneCall) -> dict[str, A
     return report
 
 
+def _wait_for_end(opts: DialOptions, loop: EventLoop, call: ToneCall) -> str | None:
+    """Run the call to its end by the --hangup rule; return an error or None."""
+    if not loop.run_until(lambda: call.answered or call.ended, opts.timeout):
+        return f"no answer within {opts.timeout:g} s"
+    if not call.answered:
+        return None
+    if opts.hangup == "local":
+        loop.run_until(lambda: call.ended, opts.duration)
+        return None
+    wait = opts.duration + opts.timeout
+    if not loop.run_until(lambda: call.ended, wait):
+        return f"far end did not hang up within {wait:g} s"
+    return None
+
+
 @click.command("dial")
 @click.argument("uri")
-@click.option("--ice/--no-ice", default=True, show_default=True,
-              help="Offer ICE candidates.")
-@click.option("--stun", metavar="HOST:PORT", default=None,
-              help="STUN server for server-reflexive candidates.")
-@click.option("--turn", metavar="HOST:PORT", default=None,
-              help="TURN server for relay candidates.")
+@click.option(
+    "--ice/--no-ice", default=True, show_default=True, help="Offer ICE candidates."
+)
+@click.option(
+    "--stun",
+    metavar="HOST:PORT",
+    default=None,
+    help="STUN server for server-reflexive candidates.",
+)
+@click.option(
+    "--turn",
+    metavar="HOST:PORT",
+    default=None,
+    help="TURN server for relay candidates.",
+)
 @click.option("--turn-user", default="", help="TURN long-term credential user.")
-@click.option("--turn-password", default="",
-              help="TURN long-term credential password.")
-@click.option("--turn-transport", type=click.Choice(["udp", "tcp"]),
-              default="udp", show_default=True,
-              help="Transport to the TURN server.")
-@click.option("--relay-only", is_flag=True,
-              help="Offer only TURN relay candidates (needs --turn).")
-@click.option("--transport", type=click.Choice(["udp", "tcp"]), default="udp",
-              show_default=True, help="SIP transport.")
-@click.option("--duration", type=click.FloatRange(0, 3600), default=3.0,
-              show_default=True, help="Seconds to keep the call up after answer.")
-@click.option("--bind", default=None,
-              help="Local address for SIP and media (default: all addresses).")
-@click.option("--from", "from_uri", default=None, metavar="URI",
-              help="From URI (default: sip:dial@<local address>).")
-@click.option("--header", "headers", multiple=True, metavar="'NAME: VALUE'",
-              help="Extra header on the INVITE; repeatable.")
-@click.option("--srtp", type=click.Choice(["off", "optional", "required"]),
-              default="off", show_default=True, help="SRTP use on media.")
-@click.option("--timeout", type=click.FloatRange(0.1, 3600), default=30.0,
-              show_default=True, help="Seconds to wait for an answer.")
-@click.option("--hangup", type=click.Choice(["local", "remote"]),
-              default="local", show_default=True,
-              help="Who ends the call: local sends BYE after --duration; remote "
-              "waits up to --duration plus --timeout seconds for the far end's BYE.")
+@click.option("--turn-password", default="", help="TURN long-term credential password.")
+@click.option(
+    "--turn-transport",
+    type=click.Choice(["udp", "tcp"]),
+    default="udp",
+    show_default=True,
+    help="Transport to the TURN server.",
+)
+@click.option(
+    "--relay-only",
+    is_flag=True,
+    help="Offer only TURN relay candidates (needs --turn).",
+)
+@click.option(
+    "--transport",
+    type=click.Choice(["udp", "tcp"]),
+    default="udp",
+    show_default=True,
+    help="SIP transport.",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(0, 3600),
+    default=3.0,
+    show_default=True,
+    help="Seconds to keep the call up after answer.",
+)
+@click.option(
+    "--bind",
+    default=None,
+    help="Local address for SIP and media (default: all addresses).",
+)
+@click.option(
+    "--from",
+    "from_uri",
+    default=None,
+    metavar="URI",
+    help="From URI (default: sip:dial@<local address>).",
+)
+@click.option(
+    "--header",
+    "headers",
+    multiple=True,
+    metavar="'NAME: VALUE'",
+    help="Extra header on the INVITE; repeatable.",
+)
+@click.option(
+    "--srtp",
+    type=click.Choice(["off", "optional", "required"]),
+    default="off",
+    show_default=True,
+    help="SRTP use on media.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.1, 3600),
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for an answer.",
+)
+@click.option(
+    "--hangup",
+    type=click.Choice(["local", "remote"]),
+    default="local",
+    show_default=True,
+    help="Who ends the call: local sends BYE after --duration; remote "
+    "waits up to --duration plus --timeout seconds for the far end's BYE.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("-v", "--verbose", count=True, help="-v info, -vv debug logs.")
 def dial_command(
-    uri: str, ice: bool, stun: str | None, turn: str | None, turn_user: str,
-    turn_password: str, turn_transport: str, relay_only: bool, transport: str,
-    duration: float, bind: str | None, from_uri: str | None,
-    headers: tuple[str, ...], srtp: str, timeout: float, hangup: str,
-    as_json: bool, verbose: int,
+    uri: str,
+    ice: bool,
+    stun: str | None,
+    turn: str | None,
+    turn_user: str,
+    turn_password: str,
+    turn_transport: str,
+    relay_only: bool,
+    transport: str,
+    duration: float,
+    bind: str | None,
+    from_uri: str | None,
+    headers: tuple[str, ...],
+    srtp: str,
+    timeout: float,
+    hangup: str,
+    as_json: bool,
+    verbose: int,
 ) -> None:
     """Call URI, play a tone, hang up and print a report.
 
@@ -312,18 +386,29 @@ def dial_command(
     if turn is not None and not ice:
         raise click.UsageError("--turn needs ICE; drop --no-ice")
     opts = DialOptions(
-        uri=uri, ice=ice, stun=stun, turn=turn, turn_user=turn_user,
-        turn_password=turn_password, turn_transport=turn_transport,
-        relay_only=relay_only, transport=transport, duration=duration, bind=bind,
-        from_uri=from_uri, headers=[parse_header(h) for h in headers], srtp=srtp,
-        timeout=timeout, hangup=hangup,
+        uri=uri,
+        ice=ice,
+        stun=stun,
+        turn=turn,
+        turn_user=turn_user,
+        turn_password=turn_password,
+        turn_transport=turn_transport,
+        relay_only=relay_only,
+        transport=transport,
+        duration=duration,
+        bind=bind,
+        from_uri=from_uri,
+        headers=[parse_header(h) for h in headers],
+        srtp=srtp,
+        timeout=timeout,
+        hangup=hangup,
     )
     try:
         report = place_call(opts)
     except pj.Error as exc:
         report = empty_report()
         report["error"] = f"pjsip failed: {exc.info()}"
-    except Exception as exc:  # noqa: BLE001 (dial must never print a traceback)
+    except Exception as exc:
         log.debug("dial failed", exc_info=True)
         report = empty_report()
         report["error"] = f"dial failed: {exc}"

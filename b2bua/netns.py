@@ -18,7 +18,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,10 @@ class Namespace:
         subprocess.TimeoutExpired (after killing it) when it runs past timeout.
         """
         return subprocess.run(
-            self._argv(argv), capture_output=True, text=True, timeout=timeout,
+            self._argv(argv),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             check=True,
         )
 
@@ -188,7 +191,7 @@ class Lab:
         self._links = 0
         self._closed = False
 
-    def __enter__(self) -> Lab:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -227,9 +230,7 @@ class Lab:
         if not isinstance(iface, ipaddress.IPv4Interface):
             raise LabError(f"invalid interface address {cidr!r}: IPv4 only")
         if iface.ip not in self.network:
-            raise LabError(
-                f"address {cidr} is outside the lab network {self.network}"
-            )
+            raise LabError(f"address {cidr} is outside the lab network {self.network}")
         return iface
 
     def link(
@@ -248,17 +249,27 @@ class Lab:
         self._links += 1
         name_a = f"v{self._links}-{ns_b.short}"[:IFNAME_MAX]
         name_b = f"v{self._links}-{ns_a.short}"[:IFNAME_MAX]
-        _ip([
-            "link", "add", name_a, "netns", ns_a.name, "type", "veth",
-            "peer", "name", name_b, "netns", ns_b.name,
-        ])
+        _ip(
+            [
+                "link",
+                "add",
+                name_a,
+                "netns",
+                ns_a.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                name_b,
+                "netns",
+                ns_b.name,
+            ]
+        )
         for ns, ifname, iface in ((ns_a, name_a, iface_a), (ns_b, name_b, iface_b)):
             ns.run(["ip", "addr", "add", str(iface), "dev", ifname], timeout=10)
             ns.run(["ip", "link", "set", ifname, "up"], timeout=10)
             ns.addresses.append(str(iface.ip))
-        log.info(
-            "linked %s %s <-> %s %s", ns_a.name, iface_a, ns_b.name, iface_b
-        )
+        log.info("linked %s %s <-> %s %s", ns_a.name, iface_a, ns_b.name, iface_b)
         return name_a, name_b
 
     def close(self) -> None:

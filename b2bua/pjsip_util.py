@@ -1,6 +1,6 @@
 """pjsua2 helpers shared by the workers and the dial/answer test tools.
 
-The threading model that holds with pjsua2-python 2.15.1: the endpoint runs
+The threading model that works with pjsua2-python 2.15.1: the endpoint runs
 with ``uaConfig.threadCnt = 0`` and one Python thread polls
 ``libHandleEvents``, so every pjsua2 callback arrives on that thread.
 :class:`EventLoop` is that poller; other threads hand work to it with
@@ -240,18 +240,23 @@ def shutdown(ep: Any, holders: list[Any] | None = None) -> None:
 #      [0]: L:10.99.7.2:4017 (h) --> R:10.99.7.1:4013 (h)
 # where [0] is the RTP component and the letter is the candidate type.
 _ICE_LINE_RE = re.compile(
-    r"ICE role:\s*(?P<role>\w+),\s*state:\s*(?P<state>[^,\n]+?)\s*(?:,|$)", re.M
+    r"ICE role:\s*(?P<role>\w+),\s*state:\s*(?P<state>[^,\n]+?)\s*(?:,|$)", re.MULTILINE
 )
 _PAIR_RE = re.compile(
     r"^\s*\[0\]:\s*L:(?P<local>\S+)\s*\((?P<local_type>\w+)\)\s*"
     r"-->\s*R:(?P<remote>\S+)\s*\((?P<remote_type>\w+)\)",
-    re.M,
+    re.MULTILINE,
 )
 _CANDIDATE_TYPES = {
-    "h": "host", "host": "host",
-    "s": "srflx", "srflx": "srflx",
-    "p": "prflx", "prflx": "prflx",
-    "r": "relay", "relay": "relay", "relayed": "relay",
+    "h": "host",
+    "host": "host",
+    "s": "srflx",
+    "srflx": "srflx",
+    "p": "prflx",
+    "prflx": "prflx",
+    "r": "relay",
+    "relay": "relay",
+    "relayed": "relay",
 }
 _ICE_STATES = {
     "negotiation success": "completed",
@@ -332,7 +337,8 @@ def _audio_index(call: Any) -> int | None:
         return None
     for media in info.media:
         if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status in (
-            pj.PJSUA_CALL_MEDIA_ACTIVE, pj.PJSUA_CALL_MEDIA_REMOTE_HOLD,
+            pj.PJSUA_CALL_MEDIA_ACTIVE,
+            pj.PJSUA_CALL_MEDIA_REMOTE_HOLD,
             pj.PJSUA_CALL_MEDIA_LOCAL_HOLD,
         ):
             return int(media.index)
@@ -448,7 +454,7 @@ class ToneCall(pj.Call):
         self.remote_sdp: str | None = None
         self._sampling = False
 
-    def onCallState(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API name)
+    def onCallState(self, prm: Any) -> None:
         info = self.getInfo()
         self.call_id_text = info.callIdString
         if info.lastStatusCode:
@@ -457,8 +463,9 @@ class ToneCall(pj.Call):
         if info.state == pj.PJSIP_INV_STATE_CONFIRMED and not self.answered:
             self.answered = True
             self.answered_at = time.monotonic()
-            log.info("%s: answered (%d %s)", self.call_id_text, self.status,
-                     self.reason)
+            log.info(
+                "%s: answered (%d %s)", self.call_id_text, self.status, self.reason
+            )
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self._end()
 
@@ -471,13 +478,18 @@ class ToneCall(pj.Call):
         if self.tone is not None:
             # Stop the tone now so no conference port outlives the call.
             self.tone = None
-        log.info("%s: ended by %s, status %d %s, rtp tx %d rx %d",
-                 self.call_id_text, self.ended_by, self.status, self.reason,
-                 *self.rtp)
+        log.info(
+            "%s: ended by %s, status %d %s, rtp tx %d rx %d",
+            self.call_id_text,
+            self.ended_by,
+            self.status,
+            self.reason,
+            *self.rtp,
+        )
         if self.on_end is not None:
             self.loop.call_soon(lambda: self.on_end(self) if self.on_end else None)
 
-    def onCallMediaState(self, prm: Any) -> None:  # noqa: N802
+    def onCallMediaState(self, prm: Any) -> None:
         media = audio_media(self)
         if media is None:
             return
@@ -488,7 +500,7 @@ class ToneCall(pj.Call):
             self._sampling = True
             self.loop.call_later(SAMPLE_INTERVAL, self.sample)
 
-    def onCallTsxState(self, prm: Any) -> None:  # noqa: N802
+    def onCallTsxState(self, prm: Any) -> None:
         event = prm.e
         if event.type != pj.PJSIP_EVENT_TSX_STATE:
             return
@@ -515,10 +527,13 @@ class ToneCall(pj.Call):
             if pair["state"] == "completed" and (
                 self.ice is None or self.ice["state"] != "completed"
             ):
-                log.info("%s: ICE completed, %s -> %s", self.call_id_text,
-                         pair["local_type"], pair["remote_type"])
-                log.debug("%s: call dump:\n%s", self.call_id_text,
-                          self.dump(True, ""))
+                log.info(
+                    "%s: ICE completed, %s -> %s",
+                    self.call_id_text,
+                    pair["local_type"],
+                    pair["remote_type"],
+                )
+                log.debug("%s: call dump:\n%s", self.call_id_text, self.dump(True, ""))
             self.ice = pair
         self.loop.call_later(SAMPLE_INTERVAL, self.sample)
 

@@ -27,8 +27,17 @@ REPO = Path(__file__).resolve().parents[2]
 ANSWER_ADDR = "10.99.41.1"
 DIAL_ADDR = "10.99.41.2"
 SIP_PORT = 5070
-REPORT_KEYS = {"status", "reason", "answered", "setup_ms", "ice", "codec", "rtp",
-               "ended_by", "remote_sdp"}
+REPORT_KEYS = {
+    "status",
+    "reason",
+    "answered",
+    "setup_ms",
+    "ice",
+    "codec",
+    "rtp",
+    "ended_by",
+    "remote_sdp",
+}
 ICE_KEYS = {"state", "local_type", "remote_type", "transport"}
 
 
@@ -58,11 +67,20 @@ def env() -> dict[str, str]:
 def start_answer(ns: Namespace, report: Path, *args: str) -> subprocess.Popen[str]:
     """Start `b2bua answer` in ns and wait for its "listening" line."""
     argv = module_argv(
-        "b2bua.answer", "--bind", ns.address, "--port", str(SIP_PORT),
-        "--report", str(report), "--max-seconds", "60", *args,
+        "b2bua.answer",
+        "--bind",
+        ns.address,
+        "--port",
+        str(SIP_PORT),
+        "--report",
+        str(report),
+        "--max-seconds",
+        "60",
+        *args,
     )
-    proc = ns.popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                    text=True, env=env())
+    proc = ns.popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()
+    )
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 15)
     assert ready, "answer printed no listening line within 15 s"
@@ -73,10 +91,16 @@ def start_answer(ns: Namespace, report: Path, *args: str) -> subprocess.Popen[st
 
 def run_dial(ns: Namespace, uri: str, *args: str) -> tuple[int, dict[str, Any], str]:
     """Run `b2bua dial --json` in ns; return (exit status, report, stderr)."""
-    argv = ["ip", "netns", "exec", ns.name,
-            *module_argv("b2bua.dial", uri, "--json", *args)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=90,
-                          env=env())
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        ns.name,
+        *module_argv("b2bua.dial", uri, "--json", *args),
+    ]
+    done = subprocess.run(
+        argv, capture_output=True, text=True, timeout=90, env=env(), check=False
+    )
     assert "Traceback" not in done.stderr, done.stderr
     return done.returncode, json.loads(done.stdout), done.stderr
 
@@ -95,8 +119,9 @@ def test_dial_ice_call(pair: tuple[Namespace, Namespace], tmp_path: Path) -> Non
     answer_ns, dial_ns = pair
     report_path = tmp_path / "answer.jsonl"
     answer = start_answer(answer_ns, report_path, "--calls", "1")
-    code, report, _ = run_dial(dial_ns, answer_uri(), "--bind", DIAL_ADDR,
-                               "--duration", "2")
+    code, report, _ = run_dial(
+        dial_ns, answer_uri(), "--bind", DIAL_ADDR, "--duration", "2"
+    )
     assert code == 0
     assert REPORT_KEYS <= report.keys()
     assert report["status"] == 200
@@ -127,8 +152,9 @@ def test_dial_without_ice(pair: tuple[Namespace, Namespace], tmp_path: Path) -> 
     answer_ns, dial_ns = pair
     report_path = tmp_path / "answer.jsonl"
     answer = start_answer(answer_ns, report_path, "--calls", "1", "--no-ice")
-    code, report, _ = run_dial(dial_ns, answer_uri(), "--bind", DIAL_ADDR,
-                               "--no-ice", "--duration", "1")
+    code, report, _ = run_dial(
+        dial_ns, answer_uri(), "--bind", DIAL_ADDR, "--no-ice", "--duration", "1"
+    )
     assert code == 0
     assert report["answered"] is True
     assert report["ice"] is None
@@ -142,8 +168,16 @@ def test_dial_over_tcp(pair: tuple[Namespace, Namespace], tmp_path: Path) -> Non
     answer_ns, dial_ns = pair
     report_path = tmp_path / "answer.jsonl"
     answer = start_answer(answer_ns, report_path, "--calls", "1")
-    code, report, _ = run_dial(dial_ns, answer_uri(), "--bind", DIAL_ADDR,
-                               "--transport", "tcp", "--duration", "1")
+    code, report, _ = run_dial(
+        dial_ns,
+        answer_uri(),
+        "--bind",
+        DIAL_ADDR,
+        "--transport",
+        "tcp",
+        "--duration",
+        "1",
+    )
     assert code == 0
     assert report["status"] == 200
     assert report["rtp"]["rx_packets"] > 0
@@ -167,11 +201,21 @@ def test_dial_busy_486(pair: tuple[Namespace, Namespace], tmp_path: Path) -> Non
 def test_dial_remote_hangup(pair: tuple[Namespace, Namespace], tmp_path: Path) -> None:
     answer_ns, dial_ns = pair
     report_path = tmp_path / "answer.jsonl"
-    answer = start_answer(answer_ns, report_path, "--calls", "1",
-                          "--hangup-after", "1.5")
-    code, report, _ = run_dial(dial_ns, answer_uri(), "--bind", DIAL_ADDR,
-                               "--hangup", "remote", "--duration", "1",
-                               "--timeout", "10")
+    answer = start_answer(
+        answer_ns, report_path, "--calls", "1", "--hangup-after", "1.5"
+    )
+    code, report, _ = run_dial(
+        dial_ns,
+        answer_uri(),
+        "--bind",
+        DIAL_ADDR,
+        "--hangup",
+        "remote",
+        "--duration",
+        "1",
+        "--timeout",
+        "10",
+    )
     assert code == 0
     assert report["ended_by"] == "remote"
     assert report["rtp"]["rx_packets"] > 0
@@ -184,10 +228,12 @@ def test_dial_early_media_then_answer(
 ) -> None:
     answer_ns, dial_ns = pair
     report_path = tmp_path / "answer.jsonl"
-    answer = start_answer(answer_ns, report_path, "--calls", "1",
-                          "--early-media", "--ring", "1")
-    code, report, _ = run_dial(dial_ns, answer_uri(), "--bind", DIAL_ADDR,
-                               "--duration", "1")
+    answer = start_answer(
+        answer_ns, report_path, "--calls", "1", "--early-media", "--ring", "1"
+    )
+    code, report, _ = run_dial(
+        dial_ns, answer_uri(), "--bind", DIAL_ADDR, "--duration", "1"
+    )
     assert code == 0
     assert report["answered"] is True
     assert report["setup_ms"] >= 1000
@@ -201,8 +247,9 @@ def test_dial_no_answer_timeout(
     report_path = tmp_path / "answer.jsonl"
     answer = start_answer(answer_ns, report_path, "--calls", "1", "--ring", "30")
     started = time.monotonic()
-    code, report, _ = run_dial(dial_ns, answer_uri(), "--bind", DIAL_ADDR,
-                               "--timeout", "1.5")
+    code, report, _ = run_dial(
+        dial_ns, answer_uri(), "--bind", DIAL_ADDR, "--timeout", "1.5"
+    )
     assert code == 1
     assert time.monotonic() - started < 20
     assert report["answered"] is False
@@ -222,8 +269,14 @@ def test_dial_no_answer_timeout(
     ],
 )
 def test_dial_bad_arguments(args: list[str]) -> None:
-    done = subprocess.run(module_argv("b2bua.dial", *args), capture_output=True,
-                          text=True, timeout=30, env=env())
+    done = subprocess.run(
+        module_argv("b2bua.dial", *args),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env(),
+        check=False,
+    )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "Error" in done.stderr
@@ -243,23 +296,57 @@ def test_dial_turn_relay_only(lab: Lab, tmp_path: Path) -> None:
     answer_ns.run(["ip", "route", "add", "10.99.42.0/24", "via", "10.99.43.1"])
     turn_log = (tmp_path / "turn.log").open("w")
     turn_ns.popen(
-        ["turnserver", "-n", "--listening-ip", "10.99.42.1",
-         "--relay-ip", "10.99.43.1", "--listening-port", "3478",
-         "--lt-cred-mech", "--user", "lab:labsecret", "--realm", "lab.test",
-         "--no-tls", "--no-dtls", "--no-cli",
-         "--allowed-peer-ip", "10.99.0.0-10.99.255.255",
-         "--min-port", "49160", "--max-port", "49200",
-         "--userdb", str(tmp_path / "turndb"), "--pidfile", str(tmp_path / "pid"),
-         "--log-file", "stdout", "--simple-log"],
-        stdout=turn_log, stderr=subprocess.STDOUT,
+        [
+            "turnserver",
+            "-n",
+            "--listening-ip",
+            "10.99.42.1",
+            "--relay-ip",
+            "10.99.43.1",
+            "--listening-port",
+            "3478",
+            "--lt-cred-mech",
+            "--user",
+            "lab:labsecret",
+            "--realm",
+            "lab.test",
+            "--no-tls",
+            "--no-dtls",
+            "--no-cli",
+            "--allowed-peer-ip",
+            "10.99.0.0-10.99.255.255",
+            "--min-port",
+            "49160",
+            "--max-port",
+            "49200",
+            "--userdb",
+            str(tmp_path / "turndb"),
+            "--pidfile",
+            str(tmp_path / "pid"),
+            "--log-file",
+            "stdout",
+            "--simple-log",
+        ],
+        stdout=turn_log,
+        stderr=subprocess.STDOUT,
     )
     report_path = tmp_path / "answer.jsonl"
     answer = start_answer(answer_ns, report_path, "--calls", "1")
     time.sleep(1)  # coturn has no ready signal; it listens within a second
     code, report, stderr = run_dial(
-        dial_ns, f"sip:tone@10.99.43.2:{SIP_PORT}", "--bind", "10.99.42.2",
-        "--turn", "10.99.42.1:3478", "--turn-user", "lab",
-        "--turn-password", "labsecret", "--relay-only", "--duration", "2",
+        dial_ns,
+        f"sip:tone@10.99.43.2:{SIP_PORT}",
+        "--bind",
+        "10.99.42.2",
+        "--turn",
+        "10.99.42.1:3478",
+        "--turn-user",
+        "lab",
+        "--turn-password",
+        "labsecret",
+        "--relay-only",
+        "--duration",
+        "2",
     )
     assert code == 0, stderr
     assert report["ice"]["state"] == "completed"
@@ -285,12 +372,11 @@ def test_lab_cleanup_leaves_nothing() -> None:
 
 
 def test_lab_cleanup_after_exception() -> None:
-    with pytest.raises(ZeroDivisionError):
-        with Lab("tclean") as lab:
-            ns = lab.add_namespace("b")
-            proc = ns.popen(["sleep", "300"])
-            name = ns.name
-            _ = 1 / 0
+    with pytest.raises(ZeroDivisionError), Lab("tclean") as lab:
+        ns = lab.add_namespace("b")
+        proc = ns.popen(["sleep", "300"])
+        name = ns.name
+        _ = 1 / 0
     assert name not in list_namespaces()
     assert proc.poll() is not None
 

@@ -70,7 +70,9 @@ def test_ice_dump_without_ice() -> None:
 
 def test_ice_dump_before_pair_selected() -> None:
     text = read_dump("ice-host-controlling.dump")
-    head = text.split("[0]:")[0].replace("Negotiation Success", "Negotiation In Progress")
+    head = text.split("[0]:")[0].replace(
+        "Negotiation Success", "Negotiation In Progress"
+    )
     pair = parse_ice_dump(head)
     assert pair is not None
     assert pair["state"] == "checking"
@@ -103,8 +105,14 @@ def test_pjsip_log_level(python_level: int, pjsip_level: int) -> None:
 
 @pytest.mark.parametrize(
     ("pjsip_level", "python_level"),
-    [(0, logging.ERROR), (1, logging.ERROR), (2, logging.WARNING),
-     (3, logging.DEBUG), (5, logging.DEBUG), (6, logging.DEBUG)],
+    [
+        (0, logging.ERROR),
+        (1, logging.ERROR),
+        (2, logging.WARNING),
+        (3, logging.DEBUG),
+        (5, logging.DEBUG),
+        (6, logging.DEBUG),
+    ],
 )
 def test_python_log_level(pjsip_level: int, python_level: int) -> None:
     assert python_log_level(pjsip_level) == python_level
@@ -126,8 +134,10 @@ def test_dial_target_uri(uri: str, transport: str, expected: str) -> None:
     ("value", "expected"),
     [
         ("X-Test: 1", ("X-Test", "1")),
-        ("P-Asserted-Identity:  <sip:1000@lab.test> ", ("P-Asserted-Identity",
-                                                         "<sip:1000@lab.test>")),
+        (
+            "P-Asserted-Identity:  <sip:1000@lab.test> ",
+            ("P-Asserted-Identity", "<sip:1000@lab.test>"),
+        ),
     ],
 )
 def test_dial_header_valid(value: str, expected: tuple[str, str]) -> None:
@@ -145,7 +155,9 @@ def test_host_port_valid(value: str) -> None:
     assert dial.parse_host_port(value, "--turn") == value
 
 
-@pytest.mark.parametrize("value", ["10.99.0.1", "10.99.0.1:0", "10.99.0.1:70000", ":3478"])
+@pytest.mark.parametrize(
+    "value", ["10.99.0.1", "10.99.0.1:0", "10.99.0.1:70000", ":3478"]
+)
 def test_host_port_invalid(value: str) -> None:
     with pytest.raises(click.BadParameter):
         dial.parse_host_port(value, "--turn")
@@ -153,8 +165,9 @@ def test_host_port_invalid(value: str) -> None:
 
 def make_report(answered: bool, tx: int, rx: int, ended_by: str) -> dict[str, Any]:
     report = dial.empty_report()
-    report.update(answered=answered, ended_by=ended_by,
-                  rtp={"tx_packets": tx, "rx_packets": rx})
+    report.update(
+        answered=answered, ended_by=ended_by, rtp={"tx_packets": tx, "rx_packets": rx}
+    )
     return report
 
 
@@ -177,8 +190,12 @@ def test_dial_exit_code(
 
 def test_dial_text_report_names_failure() -> None:
     report = dial.empty_report()
-    report.update(status=486, reason="Busy Here", ended_by="remote",
-                  error="call failed: 486 Busy Here")
+    report.update(
+        status=486,
+        reason="Busy Here",
+        ended_by="remote",
+        error="call failed: 486 Busy Here",
+    )
     text = dial.format_text(report)
     assert "status: 486 Busy Here" in text
     assert "answered: no" in text
