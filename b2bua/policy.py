@@ -1,11 +1,11 @@
 """Media policies of the edge leg, and how the edge names them to a worker.
 
 pjsua fixes ICE, TURN and SRTP per account, and picks the account for an
-incoming INVITE by the request-URI host. So each worker holds one account per
-policy, and the edge rewrites the request-URI host to name the policy the
-call needs (for example `ice-turn-optional.policy.b2bua.invalid`). The
-original request-URI travels in `X-B2BUA-Request-URI`. Standard library only:
-the edge imports this module too.
+incoming INVITE by the host of the To URI. So each worker holds one account
+per policy, and the edge rewrites the To URI host to name the policy the
+call needs (for example `ice-turn-optional.policy.b2bua.invalid`), restoring
+the caller's To on the way back. Standard library only: the edge imports
+this module too.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def policy_host(name: str) -> str:
 
 
 def policy_from_host(host: str) -> str | None:
-    """Return the policy name a request-URI host carries, or None."""
+    """Return the policy name a To URI host carries, or None."""
     suffix = "." + POLICY_DOMAIN
     if not host.lower().endswith(suffix):
         return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,39 @@ POLL_INTERVAL_S = 0.2
 STOP_TIMEOUT_S = 8.0
 # Restarting faster than this after a crash loop would only burn CPU.
 MAX_RESTART_BACKOFF_S = 10.0
+
+
+_KAMAILIO_LINE = re.compile(
+    r"^\s*\d+\(\d+\) (?P<level>[A-Z]+): (?:\{[^}]*\} )?(?P<module><[^>]+>|\S+)"
+    r" \[[^\]]+\]: (?P<function>\w+\(\): )?(?P<text>.*)$"
+)
+_KAMAILIO_LEVELS = {
+    "ALERT": logging.CRITICAL, "BUG": logging.CRITICAL, "CRITICAL": logging.CRITICAL,
+    "ERROR": logging.ERROR, "WARNING": logging.WARNING, "NOTICE": logging.INFO,
+    "INFO": logging.INFO, "DEBUG": logging.DEBUG,
+}
+
+
+def parse_kamailio_log_line(line: str) -> tuple[int, str] | None:
+    """Map one line of Kamailio's stderr to a Python log level and text.
+
+    Lines the routing script logs keep their level; Kamailio's own INFO
+    chatter (module start-up, listener lists) is demoted to DEBUG.
+    """
+    line = line.rstrip()
+    if not line:
+        return None
+    match = _KAMAILIO_LINE.match(line)
+    if match is None:
+        return logging.DEBUG, line
+    level = _KAMAILIO_LEVELS.get(match.group("level"), logging.INFO)
+    text = match.group("text")
+    from_script = (match.group("function") or "").startswith("sr_kemi_core_")
+    if level == logging.INFO and not from_script:
+        level = logging.DEBUG
+    if not from_script:
+        text = f"{match.group('module')}: {text}"
+    return level, text
 
 
 class SupervisorError(RuntimeError):
@@ -218,17 +252,9 @@ class Supervisor:
     def _relay_edge_log(self, stream: Any) -> None:
         edge_log = logging.getLogger("b2bua.edge")
         for raw in stream:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if not line:
-                continue
-            if " ERROR: " in line or "CRITICAL" in line:
-                edge_log.error("%s", line)
-            elif " WARNING: " in line:
-                edge_log.warning("%s", line)
-            elif "<script>" in line or "app_python3" in line:
-                edge_log.info("%s", line)
-            else:
-                edge_log.debug("%s", line)
+            parsed = parse_kamailio_log_line(raw.decode("utf-8", "replace"))
+            if parsed is not None:
+                edge_log.log(parsed[0], "%s", parsed[1])
 
     # ----- watch -------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 MODULES_DIR = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 MODULES = (
     "tm", "tmx", "sl", "rr", "pv", "maxfwd", "sanity", "textops", "textopsx",
-    "siputils", "dialog", "dispatcher", "htable", "ctl", "kex", "corex",
+    "siputils", "dialog", "uac", "dispatcher", "htable", "ctl", "kex", "corex",
     "app_python3",
 )
 DISPATCHER_SET = 1
@@ -50,7 +50,6 @@ def kamailio_cfg(runtime: dict[str, Any], paths: dict[str, str]) -> str:
 debug={debug}
 log_stderror=yes
 log_facility=LOG_LOCAL0
-log_prefix="{{$mt $ci}} "
 fork=yes
 children={runtime.get('edge_children', 4)}
 tcp_children=2
@@ -71,12 +70,15 @@ modparam("ctl", "binrpc", "unix:{paths['ctl_socket']}")
 modparam("tm", "fr_timer", {int(runtime.get('edge_fr_timer_ms', 3000))})
 modparam("tm", "fr_inv_timer", {no_answer_ms})
 modparam("tm", "auto_inv_100_reason", "Trying")
+modparam("tm", "reparse_on_dns_failover", 0)
 modparam("rr", "enable_full_lr", 0)
 modparam("rr", "append_fromtag", 1)
 modparam("dialog", "profiles_with_value", "worker_load;worker_any")
 modparam("dialog", "default_timeout", {max_dialog_s})
 modparam("dialog", "send_bye", 1)
 modparam("dialog", "dlg_match_mode", 1)
+modparam("uac", "restore_mode", "auto")
+modparam("uac", "restore_dlg", 1)
 modparam("dispatcher", "list_file", "{paths['dispatcher_list']}")
 modparam("dispatcher", "flags", 2)
 modparam("dispatcher", "ds_ping_method", "OPTIONS")

@@ -243,13 +243,16 @@ class EdgeHandler:
         KSR.info(f"call {call_id}: class {call_class}: routed by rule "
                  f"{route.rule_name} to {target.name}; worker {worker['id']}, "
                  f"edge-leg policy {edge_policy}\n")
-        original_uri = KSR.pv.get("$ru")
         KSR.hdr.append(f"X-B2BUA-Route: {route_header}\r\n")
         KSR.hdr.append(f"X-B2BUA-Class: {class_header}\r\n")
         KSR.hdr.append(f"X-B2BUA-Source: {self._source()}\r\n")
-        KSR.hdr.append(f"X-B2BUA-Request-URI: {original_uri}\r\n")
-        KSR.pv.sets("$ru", f"sip:{user or 'b2bua'}@"
-                    f"{media_policy.policy_host(edge_policy)}")
+        # pjsua picks the account, and so the media policy, by the To URI.
+        # The uac module restores the caller's To in every reply and later
+        # request of the dialog.
+        to_user = KSR.pv.get("$tU") or "b2bua"
+        KSR.uac.uac_replace_to_uri(
+            f"sip:{to_user}@{media_policy.policy_host(edge_policy)}"
+        )
         KSR.pv.sets("$du", f"sip:{worker['address']}:{worker['port']}")
         KSR.pv.sets("$fs", self.internal_socket)
         KSR.rr.record_route()
