@@ -1,16 +1,17 @@
 """`b2bua sdp FILE`: show what the B2BUA would send for a captured SDP.
 
-The file holds an SDP body or a whole SIP message, pasted as operators paste
-them: LF or CRLF line ends, a wrong or zero Content-Length. The rewritten SDP
-goes to stdout, and notes on what changed go to stderr as `# ...` lines.
-Exit status: 0 when the SDP is usable, 1 when the B2BUA would reject it
-(the status and reason are printed), 2 when the file cannot be read.
+The file contains an SDP body or a whole SIP message, pasted as operators
+paste them: LF or CRLF line ends, a wrong or zero Content-Length. The
+rewritten SDP goes to stdout, and notes on what changed go to stderr as
+`# ...` lines. Exit status: 0 when the SDP is usable, 1 when the B2BUA would
+reject it (the status and reason are printed), 2 when the file cannot be read
+or is not a valid SIP message or SDP.
 """
 
 from __future__ import annotations
 
 import sys
-
+from typing import NoReturn
 
 import click
 

@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterator
 
 logger = logging.getLogger(__name__)
 
-# Limits against hostile input. A Skype for Business offer with audio, video
-# and application sharing is about 6 KB, 150 lines and 16 candidates per
-# m-line, so these leave several times that headroom.
+# Limits against hostile input. The Skype for Business audio and video offer
+# in tests/data/samples is 3.4 KB, 75 lines and 14 candidates per m-line, so
+# these leave several times that headroom.
 MAX_SDP_BYTES = 32 * 1024
 MAX_LINES = 1000
 MAX_LINE_LENGTH = 2048
@@ -145,7 +145,7 @@ class RtpMap:
 class Candidate:
     """One ICE candidate in either candidate dialect.
 
-    For `ICE_V6` candidates `foundation` holds the inline username fragment,
+    For `ICE_V6` candidates `foundation` is the inline username fragment,
     `password` the inline password, `qvalue` the preference, and `priority`
     and `type` are None.
     """
@@ -260,7 +260,7 @@ class MediaSection:
         return bool(self.attributes(name))
 
     def remove_lines(self, predicate: Callable[[SdpLine], bool]) -> int:
-        """Remove the lines after `m=` that match, and return how many went."""
+        """Remove the lines after `m=` that match and return their count."""
         kept = [self.lines[0]] + [ln for ln in self.lines[1:] if not predicate(ln)]
         removed = len(self.lines) - len(kept)
         self.lines = kept
@@ -298,7 +298,7 @@ class MediaSection:
         return _parsed(lines, "candidate")
 
     def crypto(self) -> list[Crypto]:
-        """Return the `a=crypto` lines that parse; `a=cryptoscale` is not one."""
+        """Return the `a=crypto` lines that parse (never `a=cryptoscale`)."""
         return _parsed(self.attributes("crypto"), "crypto")
 
     def rtcp(self) -> Rtcp | None:
@@ -394,7 +394,7 @@ STATIC_PAYLOAD_TYPES = {
 
 
 def parse_sdp(data: bytes | str) -> SessionDescription:
-    """Parse an SDP body; raise SdpError (status 400) for what cannot be used."""
+    """Parse an SDP body, raising SdpError (status 400) if it cannot be used."""
     if isinstance(data, bytes):
         if len(data) > MAX_SDP_BYTES:
             raise SdpError(f"SDP is {len(data)} bytes, max {MAX_SDP_BYTES}")
@@ -451,8 +451,8 @@ def _check_line(number: int, line: SdpLine) -> None:
         return
     if not line.kind or not line.text[0].isalpha():
         raise SdpError(f"line {number} is not '<type>=<value>': {_shown(line.text)}")
-    # A bad attribute name makes only that line invalid (see invalid_lines);
-    # control characters anywhere else leave no safe way to read the SDP.
+    # A bad attribute name makes only that line invalid (see invalid_lines).
+    # Control characters anywhere else leave no safe way to read the SDP.
     if line.kind != "a" and _CONTROL.search(line.text):
         raise SdpError(f"line {number} contains a control character")
 
@@ -476,10 +476,12 @@ def _build_section(numbered: list[tuple[int, SdpLine]]) -> MediaSection:
 
 
 def parse_media_line(value: str) -> MediaLine:
-    """Parse the value of an `m=` line; RTP formats must be payload types 0-127."""
+    """Parse the value of an `m=` line. RTP formats must be payload types 0-127."""
     parts = value.split()
     if len(parts) < 4:
-        raise SdpError(f"m= line needs media, port, proto and formats: {_shown(value)}")
+        raise SdpError(
+            f"m= line needs media, port, proto and formats: {_shown(value)}"
+        )
     media, port_text, proto, *formats = parts
     if not _TOKEN.match(media) or not _TOKEN.match(proto.replace("/", "")):
         raise SdpError(f"invalid media or proto in m= line: {_shown(value)}")
@@ -662,7 +664,7 @@ def invalid_lines(sdp: SessionDescription) -> list[tuple[int, str]]:
 
 
 def drop_invalid_lines(sdp: SessionDescription) -> int:
-    """Remove attribute lines that do not parse; return how many went."""
+    """Remove the attribute lines that do not parse and return their count."""
 
     def invalid(line: SdpLine) -> bool:
         if line.kind != "a":
@@ -689,7 +691,9 @@ def _parsed(lines: list[SdpLine], name: str) -> list[Any]:
         try:
             results.append(parser(line))
         except SdpError as error:
-            logger.debug("ignoring SDP line a=%s: %s", line.attribute_name, error.reason)
+            logger.debug(
+                "ignoring SDP line a=%s: %s", line.attribute_name, error.reason
+            )
     return results
 
 

@@ -32,7 +32,7 @@ _HOLD_DIRECTIONS = frozenset({"sendonly", "recvonly", "inactive"})
 
 @dataclass(frozen=True)
 class LegContext:
-    """Where an SDP is going: its role, and for an answer the offer it answers.
+    """The role of an SDP on one leg, and for an answer the offer it answers.
 
     `initial` is True for the first offer of a dialog. A new offer may drop
     m-lines, while a re-offer must keep every m-line of the session.
@@ -55,8 +55,10 @@ class RuleSet:
     names: tuple[str, ...]
     rules: tuple[Rule, ...]
 
-    def apply(self, sdp: SessionDescription, context: LegContext) -> SessionDescription:
-        """Return a rewritten copy of `sdp`; raise SdpError (488) if unusable."""
+    def apply(
+        self, sdp: SessionDescription, context: LegContext
+    ) -> SessionDescription:
+        """Return a rewritten copy of `sdp`, raising SdpError (488) if unusable."""
         result = sdp.copy()
         for name, rule in zip(self.names, self.rules):
             rule(result, context)
@@ -86,7 +88,7 @@ def is_bfcp_controlled_video(sdp: SessionDescription, section: MediaSection) -> 
 def bfcp_stream_labels(sdp: SessionDescription) -> set[str]:
     """Return the `a=label` values that BFCP floors control.
 
-    RFC 4583 writes `a=floorid:1 mstrm:3`; older endpoints write `m-stream:3`.
+    RFC 4583 writes `a=floorid:1 mstrm:3`, and older endpoints `m-stream:3`.
     """
     labels: set[str] = set()
     for section in sdp.media:
@@ -221,7 +223,7 @@ def select_crypto(section: MediaSection) -> Crypto | None:
 
 
 def _choose_crypto(sdp: SessionDescription, context: LegContext) -> None:
-    # NOTE: MKI is not implemented; pjmedia 2.15.1 ignores it and garbles audio.
+    # NOTE: MKI keys are rejected because pjmedia 2.15.1 ignores the MKI.
     for index, section in enumerate(sdp.media, start=1):
         offered = section.crypto()
         if section.is_rejected or not offered:
@@ -275,7 +277,7 @@ def _no_hold_first(sdp: SessionDescription, context: LegContext) -> None:
             if line.attribute_name in _HOLD_DIRECTIONS:
                 line_list[index] = SdpLine("a=sendrecv", line.eol)
             elif line.kind == "c" and line.value.split()[-1:] in (["0.0.0.0"], ["::"]):
-                if origin_address in ("0.0.0.0", "::", "127.0.0.1"):
+                if origin_address in ("0.0.0.0", "::"):
                     raise SdpError(
                         "initial offer has no media address (c= and o= are "
                         "unspecified), so it cannot be offered as active media",
@@ -399,7 +401,9 @@ def compile_rules(specs: Any, where: str = "rules") -> RuleSet:
     `where` prefixes error messages, for example `config.yaml: legs.ice.sdp`.
     """
     if not isinstance(specs, list):
-        raise RuleConfigError(f"{where}: expected a list of rules, got {type(specs).__name__}")
+        raise RuleConfigError(
+            f"{where}: expected a list of rules, got {type(specs).__name__}"
+        )
     names: list[str] = []
     rules: list[Rule] = []
     for index, spec in enumerate(specs):
@@ -454,7 +458,7 @@ def _check_parameter(where: str, value: Any, expected: type) -> None:
 def default_rules(policy: str) -> list[dict[str, Any]]:
     """Return the rule list for an `ice` or `plain` leg as config would write it.
 
-    The workers carry audio only, so both policies refuse every other stream.
+    The workers carry audio only, so both policies reject every other stream.
     """
     if policy not in ("ice", "plain"):
         raise ValueError(f"unknown leg policy {policy!r}; known: ice, plain")

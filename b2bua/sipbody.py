@@ -37,13 +37,13 @@ FALLBACK_DISPOSITION = "ms-proxy-2007fallback"
 MAX_BODY_PARTS = 16
 MAX_MULTIPART_DEPTH = 3
 
-# Lync / SfB attributes that pjsip ignores on an audio stream. They go only
+# Lync / SfB attributes that the audio-only workers do not need. They go only
 # when a message does not fit otherwise.
 OPTIONAL_ATTRIBUTES = frozenset({
     "x-ssrc-range", "rtcp-fb", "rtcp-rsize", "label", "x-source",
     "x-devicecaps", "x-mediabw", "x-bw", "x-mediasettings",
 })
-# Codecs that only Microsoft clients implement; the workers cannot decode them.
+# Codecs that only Microsoft clients implement, so the workers cannot decode them.
 MICROSOFT_CODECS = frozenset({"SILK", "X-MSRTA", "SIREN", "AAL2-G726-32"})
 
 
@@ -119,7 +119,7 @@ def content_type_parameter(content_type: str, name: str) -> str | None:
 
 
 def split_multipart(body: bytes, boundary: str) -> list[BodyPart]:
-    """Split a multipart body (RFC 2046) into parts; LF-only line ends work too."""
+    """Split a multipart body (RFC 2046) into parts, accepting LF-only line ends."""
     if not boundary or len(boundary) > 70:
         raise SdpError("multipart body needs a boundary of 1-70 characters")
     delimiter = b"--" + boundary.encode("utf-8", "surrogateescape")
@@ -194,7 +194,9 @@ def select_sdp(body: bytes, content_type: str) -> SdpSelection | None:
     return SdpSelection(chosen.body, source, total - 1)
 
 
-def _sdp_parts(body: bytes, content_type: str, depth: int) -> tuple[list[BodyPart], int]:
+def _sdp_parts(
+    body: bytes, content_type: str, depth: int
+) -> tuple[list[BodyPart], int]:
     if depth > MAX_MULTIPART_DEPTH:
         raise SdpError(f"multipart bodies nested deeper than {MAX_MULTIPART_DEPTH}")
     boundary = content_type_parameter(content_type, "boundary")
@@ -204,7 +206,8 @@ def _sdp_parts(body: bytes, content_type: str, depth: int) -> tuple[list[BodyPar
     total = 0
     for part in split_multipart(body, boundary):
         if part.media_type.startswith("multipart/"):
-            nested, count = _sdp_parts(part.body, part.header("Content-Type"), depth + 1)
+            nested_type = part.header("Content-Type")
+            nested, count = _sdp_parts(part.body, nested_type, depth + 1)
             found += nested
             total += count
         else:
@@ -215,7 +218,7 @@ def _sdp_parts(body: bytes, content_type: str, depth: int) -> tuple[list[BodyPar
 
 
 def noisy_headers(message: SipMessage) -> tuple[str, ...]:
-    """Return the Microsoft `ms-*` header names of a message; workers ignore them."""
+    """Return the Microsoft `ms-*` header names of a message, which workers ignore."""
     names: list[str] = []
     for name, _ in message.headers:
         if name.lower().startswith("ms-") and name not in names:
@@ -234,8 +237,9 @@ def normalize_for_worker(message: SipMessage, limit: int = 3800) -> NormalizedMe
     Raise MessageTooLarge (513 or 488) if it still does not fit, and SdpError
     (400) for a body that cannot be read.
     """
-    # NOTE: pjsip 2.15.1 cuts messages near 4,000 bytes, and `limit` leaves
-    # room for the Via and Record-Route headers that Kamailio adds on the way.
+    # NOTE: pjsip 2.15.1 cuts messages over about 4,000 bytes (measured).
+    # The default limit leaves an estimated 200 bytes for the Via and
+    # Record-Route headers that Kamailio adds on the way to the worker.
     remove = noisy_headers(message)
     steps = [f"removed header {name}" for name in remove]
     selection = select_sdp(message.body, message.header("Content-Type") or "")

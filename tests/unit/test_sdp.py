@@ -92,14 +92,16 @@ def test_unknown_media_and_proto_parse() -> None:
 
 def test_rtpmap_accessor() -> None:
     sdp = parse_sdp(sample_sdp("sfb-remote-invite.sip"))
-    rtpmaps = {r.payload_type: (r.encoding, r.clock_rate) for r in sdp.media[0].rtpmaps()}
+    rtpmaps = {
+        r.payload_type: (r.encoding, r.clock_rate) for r in sdp.media[0].rtpmaps()
+    }
     assert rtpmaps[104] == ("SILK", 16000)
     assert rtpmaps[101] == ("telephone-event", 8000)
     assert sdp.media[0].encoding_of("0") == "PCMU"
 
 
 def test_static_payload_type_without_rtpmap() -> None:
-    sdp = parse_sdp(AUDIO.replace("m=audio 4000 RTP/AVP 0 101", "m=audio 4000 RTP/AVP 18 0 101"))
+    sdp = parse_sdp(AUDIO.replace("RTP/AVP 0 101", "RTP/AVP 18 0 101"))
     assert sdp.media[0].encoding_of("18") == "G729"
 
 
@@ -149,7 +151,8 @@ CANDIDATES = [
      ICE_RFC5245, "UDP", "192.0.2.51", 21440, "host"),
     ("2 2 TCP-ACT 1684798462 192.0.2.51 21442 typ host",
      ICE_RFC5245, "TCP-ACT", "192.0.2.51", 21442, "host"),
-    ("3 1 tcp-pass 174455807 203.0.113.91 51890 typ relay raddr 198.51.100.60 rport 49800",
+    ("3 1 tcp-pass 174455807 203.0.113.91 51890 typ relay "
+     "raddr 198.51.100.60 rport 49800",
      ICE_RFC5245, "TCP-PASS", "203.0.113.91", 51890, "relay"),
     ("4 1 UDP 1694234111 198.51.100.25 15004 typ srflx raddr 192.0.2.77 rport 15004 "
      "generation 0", ICE_RFC5245, "UDP", "198.51.100.25", 15004, "srflx"),
@@ -211,7 +214,8 @@ def test_bad_candidate_raises(value: str) -> None:
 
 CRYPTO = [
     # (value, tag, lifetime, mki)
-    ("2 AES_CM_128_HMAC_SHA1_80 inline:U0VDUkVUa2V5bm90cmVhbDEyMzQ1Njc4OTBhYmNk|2^31|1:1",
+    ("2 AES_CM_128_HMAC_SHA1_80 "
+     "inline:U0VDUkVUa2V5bm90cmVhbDEyMzQ1Njc4OTBhYmNk|2^31|1:1",
      2, "2^31", (1, 1)),
     ("3 AES_CM_128_HMAC_SHA1_80 inline:VGhpc0lzQU1hZGVVcEtleUZvclRlc3RzMTIzNDU2|2^31",
      3, "2^31", None),
@@ -315,7 +319,8 @@ HOSTILE_LINES = [
     ("empty crypto key", "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:"),
     ("bad rtcp", "a=rtcp:notaport IN IP4 192.0.2.1"),
     ("rtcp port over 65535", "a=rtcp:99999"),
-    ("ipv6 candidate with IPv4", "a=x-candidate-ipv6:7 1 UDP 2130706431 192.0.2.1 1 typ host"),
+    ("ipv6 candidate with IPv4",
+     "a=x-candidate-ipv6:7 1 UDP 2130706431 192.0.2.1 1 typ host"),
 ]
 
 

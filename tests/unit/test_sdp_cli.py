@@ -69,7 +69,10 @@ def test_mki_only_offer_exit_1(tmp_path: Path) -> None:
         (b"", "file is empty"),
         (b"hello\n", "invalid SIP message: not a SIP start line"),
         (b"v=0\nm=audio 1 RTP/AVP 0\n", "invalid SDP: SDP has no o= line"),
-        (b"BYE sip:a@example.com SIP/2.0\nCall-ID: x\n\n", "the message carries no SDP"),
+        (
+            b"BYE sip:a@example.com SIP/2.0\nCall-ID: x\n\n",
+            "the message carries no SDP",
+        ),
     ],
 )
 def test_bad_file_exit_2(tmp_path: Path, data: bytes, problem: str) -> None:

@@ -1,8 +1,8 @@
 """Golden tests: each rewrite rule turns `<case>.in.sdp` into `<case>.out.sdp`.
 
-Files live in tests/data/sdp. `{ADDR}` and `{PORT}` stand for the worker's
-media address and port, which change per run; the runner fills in fresh
-values in the input, the optional `<case>.offer.sdp` and the expected output.
+Files live in tests/data/sdp. `{ADDR}` and `{PORT}` are the worker's media
+address and port, which change per run. The runner fills in fresh values in
+the input, in the optional `<case>.offer.sdp` and in the expected output.
 """
 
 from __future__ import annotations
@@ -75,7 +75,9 @@ def _fill(text: str, values: dict[str, str]) -> str:
     return text
 
 
-def _fill_rules(rules: list[dict[str, Any]], values: dict[str, str]) -> list[dict[str, Any]]:
+def _fill_rules(
+    rules: list[dict[str, Any]], values: dict[str, str]
+) -> list[dict[str, Any]]:
     return [
         {key: _fill(val, values) if isinstance(val, str) else val
          for key, val in rule.items()}
@@ -117,7 +119,9 @@ def test_golden_input_changes(case: GoldenCase) -> None:
     # A case whose output equals its input would pass with a rule that does
     # nothing.
     values = _values()
-    assert _read(f"{case.name}.in.sdp", values) != _read(f"{case.name}.out.sdp", values)
+    source = _read(f"{case.name}.in.sdp", values)
+    expected = _read(f"{case.name}.out.sdp", values)
+    assert source != expected
 
 
 def test_every_rule_has_golden_case() -> None:

@@ -108,14 +108,17 @@ def test_sdp_part_beside_other_bodies(kind: str, parts: list[str]) -> None:
 
 
 def test_nested_multipart() -> None:
-    inner, inner_type = multipart("multipart/alternative", [sdp_part(SIMPLE_SDP)], "\r\n")
+    inner, inner_type = multipart(
+        "multipart/alternative", [sdp_part(SIMPLE_SDP)], "\r\n"
+    )
     nested = f"Content-Type: {inner_type}\r\n\r\n" + inner.decode()
     outer_boundary = "outer-1"
     text = (
         f"--{outer_boundary}\r\n{ISUP}--{outer_boundary}\r\n{nested}"
         f"--{outer_boundary}--\r\n"
     )
-    assert chosen_port(text.encode(), f"multipart/mixed; boundary={outer_boundary}") == 4000
+    content_type = f"multipart/mixed; boundary={outer_boundary}"
+    assert chosen_port(text.encode(), content_type) == 4000
 
 
 def test_no_sdp_part_gives_none() -> None:
@@ -278,7 +281,8 @@ def test_normalize_without_sdp_keeps_body() -> None:
 
 def test_normalize_drops_invalid_lines() -> None:
     message = load("lync-local-invite.sip")
-    message.body += b"a=rt\x00pmap:0 PCMU/8000\na=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:\n"
+    message.body += b"a=rt\x00pmap:0 PCMU/8000\n"
+    message.body += b"a=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:\n"
     normalized = normalize_for_worker(message)
     assert b"\x00" not in normalized.body
     assert b"a=crypto:9" not in normalized.body
