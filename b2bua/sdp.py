@@ -232,14 +232,9 @@ class MediaSection:
     def is_bfcp(self) -> bool:
         return self._m.proto.upper() in BFCP_PROTOS
 
-    def set_media_line(self, **changes: object) -> None:
+    def set_media_line(self, **changes: Any) -> None:
         """Rewrite the `m=` line with some fields replaced (keeps its line end)."""
-        fields = {
-            "media": self.media, "port": self.port, "port_count": self.port_count,
-            "proto": self.proto, "formats": self.formats,
-        }
-        fields.update(changes)
-        new = MediaLine(**fields)  # type: ignore[arg-type]
+        new = replace(self._m, **changes)
         self.lines[0] = SdpLine(new.render(), self.lines[0].eol)
         self._m = new
 

@@ -294,3 +294,37 @@ def test_normalize_bad_sdp_is_400() -> None:
     with pytest.raises(SdpError) as caught:
         normalize_for_worker(message)
     assert caught.value.status == 400
+
+
+def test_mutated_samples_raise_only_sdp_errors() -> None:
+    # Seeded and bounded: the same 2,000 mutations on every run.
+    import random
+
+    from b2bua.sdp_rewrite import LegContext, compile_rules, default_rules
+    from b2bua.sipmsg import SipParseError
+
+    rng = random.Random(7)
+    messages = [path.read_bytes() for path in sorted(SAMPLES.glob("*.sip"))]
+    rules = compile_rules(default_rules("ice"))
+    inserts = [b"\x00", b"4294967296", b" ", b":", b"|", b"\n", b"m=", b"a=", b"\xff"]
+    checked = 0
+    for _ in range(2000):
+        data = bytearray(rng.choice(messages))
+        for _ in range(rng.randint(1, 6)):
+            position = rng.randrange(len(data))
+            if rng.random() < 0.5:
+                del data[position:position + rng.randint(1, 20)]
+            else:
+                data[position:position] = rng.choice(inserts)
+        try:
+            message = parse_message(bytes(data))
+        except SipParseError:
+            continue
+        try:
+            normalized = normalize_for_worker(message)
+            if normalized.sdp is not None:
+                rules.apply(normalized.sdp, LegContext("answer", False))
+        except SdpError:
+            pass
+        checked += 1
+    assert checked > 1000
