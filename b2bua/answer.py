@@ -31,6 +31,7 @@ def call_record(call: ToneCall) -> dict[str, Any]:
         "rtp": {"tx_packets": call.rtp[0], "rx_packets": call.rtp[1]},
         "ice": call.ice,
         "codec": call.codec,
+        "srtp": call.srtp,
         "ended_by": call.ended_by,
         "duration": round(call.duration(), 3),
     }

@@ -110,6 +110,7 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append(f"setup: {report['setup_ms']} ms")
     if report["codec"]:
         lines.append(f"codec: {report['codec']}")
+    lines.append(f"srtp: {report['srtp'] or 'off'}")
     rtp = report["rtp"]
     lines.append(f"rtp: tx {rtp['tx_packets']} rx {rtp['rx_packets']} packets")
     ice = report["ice"]
@@ -141,6 +142,7 @@ def empty_report() -> dict[str, Any]:
         "duration": 0.0,
         "call_id": None,
         "remote_sdp": None,
+        "srtp": None,
     }
 
 
@@ -165,7 +167,12 @@ def call_report(call: ToneCall) -> dict[str, Any]:
         duration=round(call.duration(), 3),
         call_id=call.call_id_text or None,
         remote_sdp=call.remote_sdp,
+        srtp=call.srtp,
     )
+    if not call.answered and call.received_status == 0:
+        # pjsip ends an INVITE that got no response at all with a locally made
+        # status (487 after our CANCEL). SIP reports a timeout as 408.
+        report.update(status=408, reason="Request Timeout (no response received)")
     return report
 
 

@@ -52,6 +52,19 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def _set_early_log_level(level: int) -> None:
+    """Set pjlib's log level before libCreate, which logs at level 5 by default.
+
+    pjsua2 has no API for this, so it calls pj_log_set_level in the extension
+    module, which exports the pjlib symbols in pjsua2-python 2.15.1.
+    """
+    try:
+        lib = ctypes.CDLL(pj._pjsua2.__file__)
+        lib.pj_log_set_level(ctypes.c_int(level))
+    except (OSError, AttributeError) as exc:
+        log.debug("cannot set pjlib's early log level: %s", exc)
+
+
 def pjsip_log_level(python_level: int) -> int:
     """Map a Python logging level to the pjsip log level (0 none .. 6 trace).
 
@@ -102,9 +115,11 @@ def create_endpoint(
     global _log_writer
     if log_level is None:
         log_level = pjsip_log.getEffectiveLevel()
+    level = pjsip_log_level(log_level)
+    _set_early_log_level(level)
     ep = pj.Endpoint()
     # pjlib prints its start-up lines to stdout before libInit applies the log
-    # config, and stdout carries dial's JSON, so they go to stderr instead.
+    # config, and stdout carries dial's JSON, so any that remain go to stderr.
     with _stdout_to_stderr():
         ep.libCreate()
     cfg = pj.EpConfig()
@@ -117,7 +132,6 @@ def create_endpoint(
     cfg.medConfig.clockRate = CLOCK_RATE
     cfg.medConfig.sndClockRate = CLOCK_RATE
     cfg.medConfig.channelCount = 1
-    level = pjsip_log_level(log_level)
     _log_writer = _LogWriter()
     cfg.logConfig.writer = _log_writer
     cfg.logConfig.level = level
@@ -304,6 +318,23 @@ def parse_ice_dump(text: str) -> dict[str, Any] | None:
     return pair
 
 
+_SRTP_RE = re.compile(
+    r"SRTP status:\s*(?P<status>Active|Not active)"
+    r"\s*Crypto-suite:\s*(?P<suite>\S*)"
+)
+
+
+def parse_srtp_dump(text: str) -> str | None:
+    """Return the active SRTP crypto suite of the first media, or None.
+
+    None means plain RTP (or a dump without media).
+    """
+    match = _SRTP_RE.search(text)
+    if match is None or match["status"] != "Active":
+        return None
+    return match["suite"] or "unknown"
+
+
 def selected_ice_pair(call: Any) -> dict[str, Any] | None:
     """Return the selected ICE pair of the call's first audio media, or None.
 
@@ -452,9 +483,14 @@ class ToneCall(pj.Call):
         self.ice: dict[str, Any] | None = None
         self.codec: str | None = None
         self.remote_sdp: str | None = None
+        self.srtp: str | None = None
+        # Status of the last response received to our INVITE (0: none yet).
+        self.received_status = 0
         self._sampling = False
 
     def onCallState(self, prm: Any) -> None:
+        # pjsua2 reports a final failure response here, not in onCallTsxState.
+        self._note_received(prm.e)
         info = self.getInfo()
         self.call_id_text = info.callIdString
         if info.lastStatusCode:
@@ -501,7 +537,10 @@ class ToneCall(pj.Call):
             self.loop.call_later(SAMPLE_INTERVAL, self.sample)
 
     def onCallTsxState(self, prm: Any) -> None:
-        event = prm.e
+        self._note_received(prm.e)
+
+    def _note_received(self, event: Any) -> None:
+        """Record the status and SDP of a message received on the INVITE."""
         if event.type != pj.PJSIP_EVENT_TSX_STATE:
             return
         tsx_body = event.body.tsxState
@@ -509,6 +548,8 @@ class ToneCall(pj.Call):
             return
         if tsx_body.tsx.method != "INVITE":
             return
+        if tsx_body.tsx.role == pj.PJSIP_ROLE_UAC and tsx_body.tsx.statusCode:
+            self.received_status = int(tsx_body.tsx.statusCode)
         sdp = sdp_of_message(tsx_body.src.rdata.wholeMsg)
         if sdp is not None:
             self.remote_sdp = sdp
@@ -522,6 +563,10 @@ class ToneCall(pj.Call):
             self.rtp = counts
         if self.codec is None:
             self.codec = audio_codec(self)
+            try:
+                self.srtp = parse_srtp_dump(self.dump(True, ""))
+            except pj.Error as exc:
+                log.debug("%s: call dump failed: %s", self.call_id_text, exc.info())
         pair = selected_ice_pair(self)
         if pair is not None:
             if pair["state"] == "completed" and (

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from b2bua.netns import Lab, Namespace, list_namespaces
+from b2bua.netns import Lab, Namespace, cleanup_stale, list_namespaces
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns")
 
@@ -28,6 +28,7 @@ ANSWER_ADDR = "10.99.41.1"
 DIAL_ADDR = "10.99.41.2"
 SIP_PORT = 5070
 REPORT_KEYS = {
+    "srtp",
     "status",
     "reason",
     "answered",
@@ -182,6 +183,61 @@ def test_dial_over_tcp(pair: tuple[Namespace, Namespace], tmp_path: Path) -> Non
     assert report["status"] == 200
     assert report["rtp"]["rx_packets"] > 0
     assert len(answer_records(answer, report_path)) == 1
+
+
+def test_dial_srtp_required(pair: tuple[Namespace, Namespace], tmp_path: Path) -> None:
+    answer_ns, dial_ns = pair
+    report_path = tmp_path / "answer.jsonl"
+    answer = start_answer(answer_ns, report_path, "--calls", "2", "--srtp", "optional")
+    code, report, _ = run_dial(
+        dial_ns,
+        answer_uri(),
+        "--bind",
+        DIAL_ADDR,
+        "--srtp",
+        "required",
+        "--duration",
+        "1",
+    )
+    assert code == 0
+    assert report["srtp"] is not None
+    assert "RTP/SAVP" in report["remote_sdp"]
+    assert report["rtp"]["rx_packets"] > 0
+    code, report, _ = run_dial(
+        dial_ns, answer_uri(), "--bind", DIAL_ADDR, "--duration", "1"
+    )
+    assert code == 0
+    assert report["srtp"] is None
+    records = answer_records(answer, report_path)
+    assert records[0]["srtp"] is not None
+    assert records[1]["srtp"] is None
+
+
+def test_dial_srtp_rejected_488(
+    pair: tuple[Namespace, Namespace], tmp_path: Path
+) -> None:
+    answer_ns, dial_ns = pair
+    report_path = tmp_path / "answer.jsonl"
+    # pjsua rejects the RTP/SAVP offer itself, so the answer process may never
+    # see the call; the lab stops it.
+    start_answer(answer_ns, report_path)
+    code, report, _ = run_dial(
+        dial_ns, answer_uri(), "--bind", DIAL_ADDR, "--srtp", "required"
+    )
+    assert code == 1
+    assert report["status"] == 488
+    assert report["answered"] is False
+
+
+def test_dial_no_response_408(pair: tuple[Namespace, Namespace]) -> None:
+    _, dial_ns = pair
+    # Nothing listens on this port, so the INVITE gets no response at all.
+    code, report, _ = run_dial(
+        dial_ns, f"sip:x@{ANSWER_ADDR}:5999", "--bind", DIAL_ADDR, "--timeout", "1"
+    )
+    assert code == 1
+    assert report["status"] == 408
+    assert report["answered"] is False
 
 
 def test_dial_busy_486(pair: tuple[Namespace, Namespace], tmp_path: Path) -> None:
@@ -387,3 +443,22 @@ def test_lab_rejects_outside_address() -> None:
         b = lab.add_namespace("d")
         with pytest.raises(RuntimeError):
             lab.link(a, "192.168.1.1/24", b, "192.168.1.2/24")
+
+
+def test_cleanup_stale_removes_dead_runs() -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = f"tstale-{dead.pid}-x"
+    live = f"tstale-{os.getpid()}-y"
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    subprocess.run(["ip", "netns", "add", live], check=True)
+    try:
+        deleted = cleanup_stale("tstale")
+        names = list_namespaces()
+        assert deleted == [stale]
+        assert stale not in names
+        assert live in names
+    finally:
+        for name in (stale, live):
+            if name in list_namespaces():
+                subprocess.run(["ip", "netns", "delete", name], check=True)

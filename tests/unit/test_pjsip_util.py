@@ -10,7 +10,12 @@ import click
 import pytest
 
 from b2bua import dial
-from b2bua.pjsip_util import parse_ice_dump, pjsip_log_level, python_log_level
+from b2bua.pjsip_util import (
+    parse_ice_dump,
+    parse_srtp_dump,
+    pjsip_log_level,
+    python_log_level,
+)
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "pjsip"
 
@@ -66,6 +71,18 @@ def test_ice_dump_pair(name: str, expected: dict[str, Any]) -> None:
 
 def test_ice_dump_without_ice() -> None:
     assert parse_ice_dump(read_dump("no-ice.dump")) is None
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("srtp-no-ice.dump", "AES_256_CM_HMAC_SHA1_80"),
+        ("no-ice.dump", None),
+        ("ice-host-controlling.dump", None),
+    ],
+)
+def test_srtp_dump_suite(name: str, expected: str | None) -> None:
+    assert parse_srtp_dump(read_dump(name)) == expected
 
 
 def test_ice_dump_before_pair_selected() -> None:
