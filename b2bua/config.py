@@ -467,8 +467,12 @@ _SCHEMA: dict[str, _Key] = {
     "classification": _Key(
         _section(
             {
-                "local_domains": _Key(_domains, []),
-                "internal_networks": _Key(list_checker(check_cidr), []),
+                # Loopback can only be this machine, so the built-in default
+                # treats it as our own network and places calls from it.
+                "local_domains": _Key(_domains, ["localhost", "127.0.0.1"]),
+                "internal_networks": _Key(
+                    list_checker(check_cidr), ["127.0.0.0/8"]
+                ),
                 "edge_servers": _Key(list_checker(_check_peer), []),
                 "trusted_peers": _Key(list_checker(_check_peer), []),
                 "public_cloud": _Key(

@@ -29,6 +29,7 @@ CLASS_HEADER = "X-B2BUA-Class"
 TONE_FREQUENCIES = (440, 480)
 # A target that answers CANCEL with nothing must not hold the caller forever.
 CANCEL_GRACE_S = 4.0
+ICE_CHECK_INTERVAL_S = 0.25
 
 
 @dataclass
@@ -150,6 +151,7 @@ class CallPair:
         self.end_reason = ""
         self.bridged = False
         self.finished = False
+        self.last_ice_check = 0.0
 
     def live_leg_count(self) -> int:
         return sum(1 for leg in (self.edge, self.target_leg)
@@ -360,20 +362,44 @@ class CallPair:
         self.bridged = True
 
     def on_leg_transport(self, leg: Leg, state: int, status: int) -> None:
-        if leg.role != "edge" or leg.ice_reported:
+        # Ending a call tears down its ICE session, which pjsua reports as an
+        # error; only a call still being set up or up can fail ICE.
+        if leg.role != "edge" or leg.ice_reported or self.end_reason:
             return
         if status != 0:
-            leg.ice_reported = True
-            log.warning("call %s: ICE failed on the edge leg (status %d); ending",
-                        self.call_id, status)
-            self.end_both("ICE negotiation failed", 488)
+            self._ice_failed(leg, f"status {status}")
+            return
+        self._check_ice(leg)
+
+    def _check_ice(self, leg: Leg) -> None:
+        """Log the ICE result of the edge leg once, and end the call on failure.
+
+        pjsua2 reports ICE progress only through Call.dump() text, so this
+        runs from the transport callback and again from `on_tick` until ICE
+        reaches a final state.
+        """
+        if self.end_reason or (leg.audio is None and not leg.confirmed):
             return
         pair = pjsip_util.selected_ice_pair(leg)
-        if pair is not None and pair.get("state") == "completed":
+        if pair is None:
+            if leg.audio is not None:
+                leg.ice_reported = True
+                log.info("call %s: no ICE on the edge leg; plain RTP", self.call_id)
+            return
+        if pair.get("state") == "completed":
             leg.ice_reported = True
-            log.info("call %s: ICE completed, pair %s -> %s over %s",
+            log.info("call %s: ICE completed, pair %s -> %s over %s (%s -> %s)",
                      self.call_id, pair.get("local_type"), pair.get("remote_type"),
-                     pair.get("transport"))
+                     pair.get("transport"), pair.get("local_address"),
+                     pair.get("remote_address"))
+        elif pair.get("state") == "failed":
+            self._ice_failed(leg, "no candidate pair worked")
+
+    def _ice_failed(self, leg: Leg, detail: str) -> None:
+        leg.ice_reported = True
+        log.warning("call %s: ICE failed on the edge leg (%s); ending the call",
+                    self.call_id, detail)
+        self.end_both("ICE negotiation failed", 488)
 
     # ----- teardown ------------------------------------------------------------
 
@@ -408,6 +434,10 @@ class CallPair:
         if edge_done and target_done:
             self._release()
             return
+        if (edge is not None and not edge_done and not edge.ice_reported
+                and now - self.last_ice_check >= ICE_CHECK_INTERVAL_S):
+            self.last_ice_check = now
+            self._check_ice(edge)
         if (target is not None and not target_done and self.edge_answer_sent < 200
                 and not self.timed_out and now >= self.answer_deadline):
             self.timed_out = True

@@ -302,7 +302,8 @@ class Worker:
             "bridged_calls": len([p for p in self.pairs if not p.finished]),
             "pjsua_calls": sum(p.live_leg_count() for p in self.pairs)
             + len(self.rejected_legs),
-            "conference_ports": int(self.endpoint.mediaActivePorts()),
+            # Slot 0 of the conference bridge is the null sound device.
+            "conference_ports": int(self.endpoint.mediaActivePorts()) - 1,
             "open_sockets": count_open_sockets(),
             "calls_handled": self.calls_handled,
             "uptime_s": round(now - self.started_at, 1),

@@ -71,6 +71,9 @@ modparam("tm", "fr_timer", {int(runtime.get('edge_fr_timer_ms', 3000))})
 modparam("tm", "fr_inv_timer", {no_answer_ms})
 modparam("tm", "auto_inv_100_reason", "Trying")
 modparam("tm", "reparse_on_dns_failover", 0)
+# A worker's 503 (target unreachable, worker full) is the B2BUA's own answer,
+# so the caller must see 503 and its Retry-After, not tm's remapped 500.
+modparam("tm", "remap_503_500", 0)
 modparam("rr", "enable_full_lr", 0)
 modparam("rr", "append_fromtag", 1)
 modparam("dialog", "profiles_with_value", "worker_load;worker_any")

@@ -54,8 +54,8 @@ def test_builtin_default_values() -> None:
     assert config.calls.max_duration == 0
 
     assert config.classification == {
-        "local_domains": (),
-        "internal_networks": (),
+        "local_domains": ("localhost", "127.0.0.1"),
+        "internal_networks": ("127.0.0.0/8",),
         "edge_servers": (),
         "trusted_peers": (),
         "public_cloud": "federation",

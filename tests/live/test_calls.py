@@ -1,0 +1,147 @@
+"""Live calls through a running `b2bua run`: ICE, bridging, failures, teardown.
+
+Every call is placed by `b2bua dial` (a real pjsua2 UA) in the `far`
+namespace to the edge in the `edge` namespace; SIP targets are `b2bua
+answer` processes in the `far` namespace. Needs root (network namespaces).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.live.b2bua_lab import B2buaLab, read_reports
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns")
+
+
+@pytest.fixture(scope="module")
+def b2bua(tmp_path_factory: pytest.TempPathFactory) -> Iterator[B2buaLab]:
+    lab = B2buaLab(tmp_path_factory.mktemp("calls"), subnet=10, workers=2)
+    try:
+        lab.start()
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(b2bua: B2buaLab) -> Iterator[None]:
+    yield
+    statuses = b2bua.wait_idle()
+    for status in statuses:
+        assert status["bridged_calls"] == 0, status
+        assert status["pjsua_calls"] == 0, status
+        assert status["conference_ports"] == 0, status
+
+
+def call_log_lines(b2bua: B2buaLab, call_id: str) -> list[str]:
+    return [line for line in b2bua.log_text().splitlines() if call_id in line]
+
+
+def test_ice_call_to_echo(b2bua: B2buaLab) -> None:
+    code, report = b2bua.dial("echo", "--duration", "2")
+    assert code == 0, report
+    assert report["status"] == 200
+    assert report["answered"] is True
+    assert report["ice"] is not None, "ICE was not negotiated with the caller"
+    assert report["ice"]["state"] == "completed"
+    assert report["ice"]["local_type"] == "host"
+    assert report["rtp"]["tx_packets"] > 50
+    assert report["rtp"]["rx_packets"] > 50
+    time.sleep(0.5)
+    lines = call_log_lines(b2bua, report["call_id"])
+    assert any("ICE completed" in line for line in lines), lines
+    assert any("classified local" in line for line in lines), lines
+    assert any(re.search(r"ended \(caller hung up", line) for line in lines), lines
+
+
+def test_tone_target_sends_audio(b2bua: B2buaLab) -> None:
+    code, report = b2bua.dial("tone", "--duration", "1")
+    assert code == 0, report
+    assert report["rtp"]["rx_packets"] > 25
+
+
+def test_unknown_number_gets_404(b2bua: B2buaLab) -> None:
+    code, report = b2bua.dial("nobody-here")
+    assert code == 1
+    assert report["status"] == 404
+    assert report["answered"] is False
+
+
+def test_trunk_call_bridges_media(b2bua: B2buaLab, tmp_path: Path) -> None:
+    report_file = tmp_path / "answer.jsonl"
+    answer = b2bua.start_answer(5090, report_file, "--no-ice", "--calls", "1")
+    code, report = b2bua.dial("91234", "--duration", "2")
+    answer.wait(15)
+    assert code == 0, report
+    assert report["status"] == 200
+    assert report["ice"] is not None and report["ice"]["state"] == "completed"
+    assert report["rtp"]["rx_packets"] > 50, "caller heard nothing from the target"
+    target_calls = read_reports(report_file)
+    assert len(target_calls) == 1
+    assert target_calls[0]["answered"] is True
+    assert target_calls[0]["rtp"]["rx_packets"] > 50, "target heard nothing"
+    assert target_calls[0]["ended_by"] == "remote", "caller's BYE did not reach it"
+
+
+def test_target_bye_reaches_caller(b2bua: B2buaLab, tmp_path: Path) -> None:
+    report_file = tmp_path / "answer.jsonl"
+    answer = b2bua.start_answer(5090, report_file, "--no-ice", "--calls", "1",
+                                "--hangup-after", "1.5")
+    code, report = b2bua.dial("91234", "--hangup", "remote", "--duration", "10")
+    answer.wait(15)
+    assert report["answered"] is True
+    assert report["ended_by"] == "remote"
+    assert code == 0, report
+
+
+def test_busy_target_gives_486(b2bua: B2buaLab, tmp_path: Path) -> None:
+    answer = b2bua.start_answer(5091, tmp_path / "a.jsonl", "--no-ice",
+                                "--status", "486", "--calls", "1")
+    code, report = b2bua.dial("busy")
+    answer.wait(15)
+    assert code == 1
+    assert report["status"] == 486
+
+
+def test_no_answer_gives_408(b2bua: B2buaLab, tmp_path: Path) -> None:
+    answer = b2bua.start_answer(5092, tmp_path / "a.jsonl", "--no-ice",
+                                "--ring", "60", "--calls", "1")
+    started = time.monotonic()
+    code, report = b2bua.dial("slow", "--timeout", "20")
+    elapsed = time.monotonic() - started
+    answer.terminate()
+    assert code == 1
+    assert report["status"] == 408
+    assert elapsed < 15, "408 should follow the target's 3 s answer_timeout"
+
+
+def test_unreachable_target_gives_503(b2bua: B2buaLab) -> None:
+    code, report = b2bua.dial("dead", "--timeout", "20")
+    assert code == 1
+    assert report["status"] == 503
+
+
+def test_cancel_before_answer(b2bua: B2buaLab, tmp_path: Path) -> None:
+    report_file = tmp_path / "a.jsonl"
+    answer = b2bua.start_answer(5092, report_file, "--no-ice", "--ring", "60",
+                                "--calls", "1")
+    code, report = b2bua.dial("slow", "--timeout", "2")
+    answer.wait(15)
+    assert code == 1
+    assert report["status"] == 487
+    target_calls = read_reports(report_file)
+    assert len(target_calls) == 1
+    assert target_calls[0]["answered"] is False, "outgoing leg was not cancelled"
+
+
+def test_tcp_caller(b2bua: B2buaLab) -> None:
+    code, report = b2bua.dial("echo", "--duration", "1", transport="tcp")
+    assert code == 0, report
+    assert report["rtp"]["rx_packets"] > 25
