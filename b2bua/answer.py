@@ -38,7 +38,7 @@ def call_record(call: ToneCall) -> dict[str, Any]:
 
 
 class AnswerAccount(pj.Account):
-    """Account that answers every incoming INVITE by the configured script."""
+    """Account that passes every incoming INVITE to its AnswerServer."""
 
     def __init__(self, server: AnswerServer) -> None:
         super().__init__()
@@ -167,7 +167,7 @@ def _check_status(ctx: click.Context, param: click.Parameter, value: int) -> int
     "--ice/--no-ice",
     default=True,
     show_default=True,
-    help="Offer ICE candidates in answers.",
+    help="Include ICE candidates in SDP answers.",
 )
 @click.option(
     "--srtp",

@@ -42,9 +42,8 @@ REPORT_KEYS = {
 ICE_KEYS = {"state", "local_type", "remote_type", "transport"}
 
 
-def module_argv(module: str, *args: str) -> list[str]:
-    # NOTE: runs the modules directly until cli.py registers dial and answer.
-    return [sys.executable, "-m", module, *args]
+def cli_argv(command: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", "b2bua.cli", command, *args]
 
 
 @pytest.fixture
@@ -67,8 +66,8 @@ def env() -> dict[str, str]:
 
 def start_answer(ns: Namespace, report: Path, *args: str) -> subprocess.Popen[str]:
     """Start `b2bua answer` in ns and wait for its "listening" line."""
-    argv = module_argv(
-        "b2bua.answer",
+    argv = cli_argv(
+        "answer",
         "--bind",
         ns.address,
         "--port",
@@ -97,7 +96,7 @@ def run_dial(ns: Namespace, uri: str, *args: str) -> tuple[int, dict[str, Any], 
         "netns",
         "exec",
         ns.name,
-        *module_argv("b2bua.dial", uri, "--json", *args),
+        *cli_argv("dial", uri, "--json", *args),
     ]
     done = subprocess.run(
         argv, capture_output=True, text=True, timeout=90, env=env(), check=False
@@ -123,6 +122,7 @@ def test_dial_ice_call(pair: tuple[Namespace, Namespace], tmp_path: Path) -> Non
     code, report, _ = run_dial(
         dial_ns, answer_uri(), "--bind", DIAL_ADDR, "--duration", "2"
     )
+
     assert code == 0
     assert REPORT_KEYS <= report.keys()
     assert report["status"] == 200
@@ -133,6 +133,7 @@ def test_dial_ice_call(pair: tuple[Namespace, Namespace], tmp_path: Path) -> Non
     assert report["rtp"]["rx_packets"] > 0
     assert report["ended_by"] == "local"
     assert "a=ice-ufrag:" in report["remote_sdp"]
+
     ice = report["ice"]
     assert ice is not None
     assert ICE_KEYS <= ice.keys()
@@ -141,6 +142,7 @@ def test_dial_ice_call(pair: tuple[Namespace, Namespace], tmp_path: Path) -> Non
     assert ice["remote_type"] == "host"
     assert ice["transport"] == "udp"
     assert ice["remote_address"].startswith(ANSWER_ADDR + ":")
+
     [record] = answer_records(answer, report_path)
     assert record["status"] == 200
     assert record["rtp"]["rx_packets"] > 0
@@ -326,7 +328,7 @@ def test_dial_no_answer_timeout(
 )
 def test_dial_bad_arguments(args: list[str]) -> None:
     done = subprocess.run(
-        module_argv("b2bua.dial", *args),
+        cli_argv("dial", *args),
         capture_output=True,
         text=True,
         timeout=30,
@@ -336,6 +338,27 @@ def test_dial_bad_arguments(args: list[str]) -> None:
     assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "Error" in done.stderr
+
+
+def turnserver_argv(listen: str, relay: str, tmp_path: Path) -> list[str]:
+    """Return coturn's command line: long-term credentials lab/labsecret, no TLS."""
+    options = (
+        f"-n --listening-ip {listen} --relay-ip {relay} --listening-port 3478 "
+        "--lt-cred-mech --user lab:labsecret --realm lab.test "
+        "--no-tls --no-dtls --no-cli --allowed-peer-ip 10.99.0.0-10.99.255.255 "
+        "--min-port 49160 --max-port 49200 --log-file stdout --simple-log"
+    )
+    files = ["--userdb", str(tmp_path / "turndb"), "--pidfile", str(tmp_path / "pid")]
+    return ["turnserver", *options.split(), *files]
+
+
+def wait_for_text(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{text!r} not in {path} within {timeout} s")
 
 
 @pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn missing")
@@ -350,45 +373,17 @@ def test_dial_turn_relay_only(lab: Lab, tmp_path: Path) -> None:
     turn_ns.run(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
     dial_ns.run(["ip", "route", "add", "10.99.43.0/24", "via", "10.99.42.1"])
     answer_ns.run(["ip", "route", "add", "10.99.42.0/24", "via", "10.99.43.1"])
-    turn_log = (tmp_path / "turn.log").open("w")
-    turn_ns.popen(
-        [
-            "turnserver",
-            "-n",
-            "--listening-ip",
-            "10.99.42.1",
-            "--relay-ip",
-            "10.99.43.1",
-            "--listening-port",
-            "3478",
-            "--lt-cred-mech",
-            "--user",
-            "lab:labsecret",
-            "--realm",
-            "lab.test",
-            "--no-tls",
-            "--no-dtls",
-            "--no-cli",
-            "--allowed-peer-ip",
-            "10.99.0.0-10.99.255.255",
-            "--min-port",
-            "49160",
-            "--max-port",
-            "49200",
-            "--userdb",
-            str(tmp_path / "turndb"),
-            "--pidfile",
-            str(tmp_path / "pid"),
-            "--log-file",
-            "stdout",
-            "--simple-log",
-        ],
-        stdout=turn_log,
-        stderr=subprocess.STDOUT,
-    )
+    turn_log_path = tmp_path / "turn.log"
+    with turn_log_path.open("w") as turn_log:
+        turn_ns.popen(
+            turnserver_argv("10.99.42.1", "10.99.43.1", tmp_path),
+            stdout=turn_log,
+            stderr=subprocess.STDOUT,
+        )
+    wait_for_text(turn_log_path, "Relay ports initialization done", 10)
+
     report_path = tmp_path / "answer.jsonl"
     answer = start_answer(answer_ns, report_path, "--calls", "1")
-    time.sleep(1)  # coturn has no ready signal; it listens within a second
     code, report, stderr = run_dial(
         dial_ns,
         f"sip:tone@10.99.43.2:{SIP_PORT}",
@@ -404,6 +399,7 @@ def test_dial_turn_relay_only(lab: Lab, tmp_path: Path) -> None:
         "--duration",
         "2",
     )
+
     assert code == 0, stderr
     assert report["ice"]["state"] == "completed"
     assert report["ice"]["local_type"] == "relay"
@@ -411,6 +407,7 @@ def test_dial_turn_relay_only(lab: Lab, tmp_path: Path) -> None:
     assert report["rtp"]["tx_packets"] > 0
     assert report["rtp"]["rx_packets"] > 0
     assert "labsecret" not in stderr
+
     [record] = answer_records(answer, report_path)
     assert record["rtp"]["rx_packets"] > 0
     assert record["ice"]["remote_type"] == "relay"
