@@ -13,6 +13,7 @@ from b2bua.answer import answer_command
 from b2bua.cli_classify import classify_command
 from b2bua.cli_sdp import sdp_command
 from b2bua.config import ConfigError, check_config_command, load_config
+from b2bua.demo import demo_command
 from b2bua.dial import dial_command
 
 
@@ -26,15 +27,8 @@ def main() -> None:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="YAML config file; without it the built-in default runs "
               "(SIP on 127.0.0.1:5060, dialplans/default.yaml).")
-@click.option("--demo-namespace", is_flag=True,
-              help="Run inside a network namespace created for the demo (root), "
-              "place one call to the echo service through it, and stop.")
-def run_command(config_path: str | None, demo_namespace: bool) -> None:
+def run_command(config_path: str | None) -> None:
     """Start the edge and the worker pool, and restart what dies."""
-    if demo_namespace:
-        from b2bua.demo import run_demo
-
-        sys.exit(run_demo(config_path))
     from b2bua.supervisor import SupervisorError, run
 
     try:
@@ -96,6 +90,7 @@ main.add_command(classify_command)
 main.add_command(sdp_command)
 main.add_command(dial_command)
 main.add_command(answer_command)
+main.add_command(demo_command)
 
 
 if __name__ == "__main__":
