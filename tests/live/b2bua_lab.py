@@ -101,12 +101,18 @@ class B2buaLab:
     # ----- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
+        self.create_namespaces()
+        self.write_files()
+        self.start_b2bua()
+
+    def create_namespaces(self) -> None:
         self.edge = self.lab.add_namespace("edge")
         self.far = self.lab.add_namespace("far")
         self.lab.link(self.edge, f"{self.edge_ip}/24", self.far, f"{self.far_ip}/24")
+
+    def write_files(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config))
         self.dialplan_path.write_text(yaml.safe_dump(self.dialplan))
-        self.start_b2bua()
 
     def start_b2bua(self) -> None:
         assert self.edge is not None

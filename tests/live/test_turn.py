@@ -1,0 +1,99 @@
+"""Live calls whose media must go through a TURN relay (coturn).
+
+coturn runs in the edge namespace with long-term credentials. The caller
+offers relay candidates only, so ICE can succeed only through the relay; the
+workers are configured with the same TURN server for the local class, so
+their edge leg allocates a relay too. Needs root and coturn.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.live.b2bua_lab import B2buaLab
+
+pytestmark = [
+    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns"),
+    pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn missing"),
+]
+
+SUBNET = 11
+TURN_USER = "lab"
+TURN_PASSWORD = "labsecret"
+
+
+def start_turnserver(lab: B2buaLab, tmp: Path) -> Path:
+    assert lab.edge is not None
+    log_path = tmp / "turn.log"
+    argv = [
+        "turnserver", "-n", "--listening-ip", lab.edge_ip, "--relay-ip", lab.edge_ip,
+        "--listening-port", "3478", "--lt-cred-mech",
+        "--user", f"{TURN_USER}:{TURN_PASSWORD}", "--realm", "lab.test",
+        "--no-tls", "--no-dtls", "--no-cli",
+        "--allowed-peer-ip", "10.99.0.0-10.99.255.255",
+        "--min-port", "49160", "--max-port", "49299",
+        "--log-file", "stdout", "--simple-log", "--verbose",
+        "--userdb", str(tmp / "turndb"), "--pidfile", str(tmp / "turn.pid"),
+    ]
+    with log_path.open("w") as log:
+        lab.edge.popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if "Relay ports initialization done" in log_path.read_text(errors="replace"):
+            return log_path
+        time.sleep(0.1)
+    raise AssertionError(f"coturn did not start: {log_path.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def b2bua(tmp_path_factory: pytest.TempPathFactory) -> Iterator[B2buaLab]:
+    tmp = tmp_path_factory.mktemp("turn")
+    edge_ip = f"10.99.{SUBNET}.1"
+    lab = B2buaLab(tmp, subnet=SUBNET, workers=1, config={
+        "ice": {"turn": [{"server": f"{edge_ip}:3478", "transport": "udp",
+                          "username": TURN_USER, "password": TURN_PASSWORD}]},
+        "classes": {"local": {"ice": True, "turn": True, "srtp": "optional"}},
+    })
+    try:
+        lab.create_namespaces()
+        lab.turn_log = start_turnserver(lab, tmp)  # type: ignore[attr-defined]
+        lab.write_files()
+        lab.start_b2bua()
+        yield lab
+    finally:
+        lab.close()
+
+
+def test_relay_only_caller_gets_media(b2bua: B2buaLab) -> None:
+    code, report = b2bua.dial(
+        "echo", "--duration", "2", "--turn", f"{b2bua.edge_ip}:3478",
+        "--turn-user", TURN_USER, "--turn-password", TURN_PASSWORD, "--relay-only",
+    )
+    assert code == 0, report
+    assert report["ice"]["state"] == "completed"
+    assert report["ice"]["local_type"] == "relay", report["ice"]
+    assert report["rtp"]["tx_packets"] > 50
+    assert report["rtp"]["rx_packets"] > 50
+    time.sleep(0.5)
+    ice_lines = [line for line in b2bua.log_text().splitlines()
+                 if report["call_id"] in line and "ICE completed" in line]
+    assert ice_lines, "the worker logged no ICE result"
+    assert re.search(r"pair \w+ -> relay", ice_lines[0]), ice_lines[0]
+
+
+def test_worker_offers_relay_candidate(b2bua: B2buaLab) -> None:
+    code, report = b2bua.dial("echo", "--duration", "1")
+    assert code == 0, report
+    answer_sdp = report["remote_sdp"]
+    relay = [line for line in answer_sdp.splitlines()
+             if "typ relay" in line and f" {b2bua.edge_ip} 49" in line]
+    assert relay, f"no relay candidate from the TURN server in:\n{answer_sdp}"
+    assert report["rtp"]["rx_packets"] > 25
