@@ -165,9 +165,9 @@ def _check_status(ctx: click.Context, param: click.Parameter, value: int) -> int
 )
 @click.option(
     "--ice/--no-ice",
-    default=True,
-    show_default=True,
-    help="Include ICE candidates in SDP answers.",
+    default=None,
+    help="Include ICE candidates in SDP answers (default: on, but off when "
+    "--bind is a loopback address).",
 )
 @click.option(
     "--srtp",
@@ -209,7 +209,7 @@ def answer_command(
     status: int,
     ring: float | None,
     early_media: bool,
-    ice: bool,
+    ice: bool | None,
     srtp: str,
     hangup_after: float | None,
     max_calls: int | None,
@@ -223,6 +223,10 @@ def answer_command(
     --calls calls have ended, --max-seconds pass, or SIGTERM/SIGINT.
     """
     pjsip_util.configure_cli_logging(verbose)
+    if ice is None:
+        ice = not pjsip_util.is_loopback(bind)
+    elif ice and pjsip_util.is_loopback(bind):
+        raise click.UsageError(pjsip_util.ICE_LOOPBACK_ERROR)
     if ring is None:
         ring = DEFAULT_EARLY_MEDIA_SECONDS if early_media else 0.0
     if report_path is None:

@@ -213,6 +213,12 @@ def place_call(opts: DialOptions) -> dict[str, Any]:
         call = ToneCall(account, loop, DIAL_TONE_HZ)
         holders["call"] = call
         return _run_call(opts, loop, call)
+    except pj.Error as exc:
+        # Turned into a report here, because a live exception keeps the call
+        # object alive past libDestroy through its traceback.
+        report = empty_report()
+        report["error"] = f"pjsip failed: {exc.info()}"
+        return report
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -234,6 +240,10 @@ def _run_call(opts: DialOptions, loop: EventLoop, call: ToneCall) -> dict[str, A
     call.makeCall(uri, prm)
     log.info("calling %s", uri)
     error = _wait_for_end(opts, loop, call)
+    if loop.stopped:
+        error = "interrupted by a signal"
+        # Run the loop again so the BYE or CANCEL below goes out.
+        loop.resume()
     if not call.ended:
         call.hangup_local()
         loop.run_until(lambda: call.ended, DRAIN_SECONDS)
@@ -390,6 +400,8 @@ def dial_command(
         raise click.UsageError("--relay-only needs --turn")
     if relay_only and not ice:
         raise click.UsageError("--relay-only needs ICE; drop --no-ice")
+    if ice and pjsip_util.is_loopback(bind):
+        raise click.UsageError(pjsip_util.ICE_LOOPBACK_ERROR)
     if turn is not None and not ice:
         raise click.UsageError("--turn needs ICE; drop --no-ice")
     opts = DialOptions(

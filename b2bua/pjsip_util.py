@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import gc
 import heapq
+import ipaddress
 import itertools
 import logging
 import os
@@ -176,6 +177,15 @@ class EventLoop:
     def stop(self) -> None:
         """Make :meth:`run` return after the current poll; safe from any thread."""
         self._stop.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called since the last :meth:`resume`."""
+        return self._stop.is_set()
+
+    def resume(self) -> None:
+        """Clear a :meth:`stop` request so the loop can run again (to clean up)."""
+        self._stop.clear()
 
     def run_once(self) -> None:
         """Poll pjsip once, then run due timers and queued work."""
@@ -523,7 +533,8 @@ class ToneCall(pj.Call):
             *self.rtp,
         )
         if self.on_end is not None:
-            self.loop.call_soon(lambda: self.on_end(self) if self.on_end else None)
+            on_end = self.on_end
+            self.loop.call_soon(lambda: on_end(self))
 
     def onCallMediaState(self, prm: Any) -> None:
         media = audio_media(self)
@@ -676,6 +687,25 @@ def account_config(
     # 0: offer and accept SRTP over any SIP transport, not only over TLS.
     cfg.mediaConfig.srtpSecureSignaling = 0
     return cfg
+
+
+def is_loopback(address: str | None) -> bool:
+    """Return True when address is an IP address in 127.0.0.0/8 (or ::1)."""
+    if not address:
+        return False
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+# NOTE: pjsua2-python 2.15.1 fails calls with PJ_EINVAL when ICE media is
+# bound to a loopback address, so ICE needs a non-loopback address.
+ICE_LOOPBACK_ERROR = (
+    "ICE does not work on a loopback address in this pjsua2 build; "
+    "use --no-ice or bind to a non-loopback address (for example in a "
+    "network namespace)"
+)
 
 
 def configure_cli_logging(verbosity: int) -> None:

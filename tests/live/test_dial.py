@@ -324,6 +324,7 @@ def test_dial_no_answer_timeout(
         ["sip:x@10.99.41.1", "--turn", "10.99.41.1"],
         ["sip:x@10.99.41.1", "--header", "no colon"],
         ["sip:x@10.99.41.1", "--srtp", "sometimes"],
+        ["sip:x@10.99.41.1", "--bind", "127.0.0.1"],
     ],
 )
 def test_dial_bad_arguments(args: list[str]) -> None:
@@ -359,6 +360,49 @@ def wait_for_text(path: Path, text: str, timeout: float) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"{text!r} not in {path} within {timeout} s")
+
+
+def test_answer_loopback_without_ice(
+    pair: tuple[Namespace, Namespace], tmp_path: Path
+) -> None:
+    answer_ns, _ = pair
+    report_path = tmp_path / "answer.jsonl"
+    argv = cli_argv(
+        "answer",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(SIP_PORT),
+        "--report",
+        str(report_path),
+        "--calls",
+        "1",
+        "--max-seconds",
+        "60",
+    )
+    answer = answer_ns.popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()
+    )
+    assert answer.stdout is not None
+    ready, _, _ = select.select([answer.stdout], [], [], 15)
+    assert ready, "answer printed no listening line within 15 s"
+    answer.stdout.readline()
+
+    code, report, _ = run_dial(
+        answer_ns,
+        f"sip:tone@127.0.0.1:{SIP_PORT}",
+        "--bind",
+        "127.0.0.1",
+        "--no-ice",
+        "--duration",
+        "1",
+    )
+
+    assert code == 0
+    assert report["ice"] is None
+    assert "a=ice-ufrag:" not in report["remote_sdp"]
+    [record] = answer_records(answer, report_path)
+    assert record["ice"] is None
 
 
 @pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn missing")

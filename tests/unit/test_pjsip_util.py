@@ -11,6 +11,7 @@ import pytest
 
 from b2bua import dial
 from b2bua.pjsip_util import (
+    is_loopback,
     parse_ice_dump,
     parse_srtp_dump,
     pjsip_log_level,
@@ -217,3 +218,19 @@ def test_dial_text_report_names_failure() -> None:
     assert "status: 486 Busy Here" in text
     assert "answered: no" in text
     assert "error: call failed: 486 Busy Here" in text
+
+
+@pytest.mark.parametrize(
+    ("address", "expected"),
+    [
+        ("127.0.0.1", True),
+        ("127.1.2.3", True),
+        ("::1", True),
+        ("10.99.41.1", False),
+        ("0.0.0.0", False),
+        ("lab.test", False),
+        (None, False),
+    ],
+)
+def test_is_loopback(address: str | None, expected: bool) -> None:
+    assert is_loopback(address) is expected
