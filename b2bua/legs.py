@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 import pjsua2 as pj
 
 from b2bua import pjsip_util
+from b2bua.policy import parse_policy_name
+from b2bua.sdp import SdpError, parse_sdp
+from b2bua.sdp_rewrite import ANSWER, LegContext, answer_rejections, compile_rules
 from b2bua.sipmsg import SipMessage
 
 if TYPE_CHECKING:
@@ -79,12 +82,33 @@ def reason_header(cause: int, text: str) -> tuple[str, str]:
     return ("Reason", f'SIP;cause={cause};text="{safe}"')
 
 
+def rewrite_answer(offer_text: str, answer_text: str, policy_name: str) -> str | None:
+    """Return the answer pjsua built, corrected for the offer; None to keep it.
+
+    Refused m-lines mirror the offered media type, proto and formats with
+    port 0 and no attributes (pjsua keeps its own attributes there), and an
+    `a=encryption` line answers a peer that sent one, as Lync does.
+    """
+    try:
+        offer = parse_sdp(offer_text)
+        answer = answer_rejections(offer, parse_sdp(answer_text))
+        if any(section.attribute("encryption") for section in offer.media):
+            srtp = parse_policy_name(policy_name).srtp
+            rules = compile_rules([{"rule": "encryption", "policy": srtp}])
+            answer = rules.apply(answer, LegContext(direction=ANSWER, offer=offer))
+    except (SdpError, ValueError) as error:
+        log.warning("SDP answer left as pjsua built it: %s", error)
+        return None
+    return answer.to_text()
+
+
 class Leg(pj.Call):
     """One pjsua call; forwards its events to the pair that owns it."""
 
     def __init__(self, account: PolicyAccount, pair: CallPair | None, role: str,
                  call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(account, call_id)
+        self.policy_name = account.policy_name
         self.pair = pair
         self.role = role  # "edge" or "target"
         self.disconnected = False
@@ -125,6 +149,16 @@ class Leg(pj.Call):
     def onCallMediaTransportState(self, prm: Any) -> None:  # noqa: N802
         if self.pair is not None:
             self.pair.on_leg_transport(self, prm.state, prm.status)
+
+    def onCallSdpCreated(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
+        remote = prm.remSdp.wholeSdp
+        if not remote:
+            # Our own offer: pjsua builds it fresh (audio only, never hold),
+            # so nothing of the other leg's SDP leaks into it.
+            return
+        rewritten = rewrite_answer(remote, prm.sdp.wholeSdp, self.policy_name)
+        if rewritten is not None:
+            prm.sdp.wholeSdp = rewritten
 
 
 class CallPair:

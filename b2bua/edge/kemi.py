@@ -30,13 +30,26 @@ from b2bua.classify import (
     encode_class_header,
 )
 from b2bua.dialplan import Dialplan, NoRoute
-from b2bua.sipmsg import SipParseError, parse_message
+from b2bua.sdp import SdpError
+from b2bua.sdp_rewrite import (
+    OFFER,
+    LegContext,
+    compile_rules,
+    encryption_answer,
+)
+from b2bua.sipbody import MessageTooLarge, normalize_for_worker
+from b2bua.sipmsg import SipMessage, SipParseError, parse_message
 
 DISPATCHER_SET = 1
 BRIDGED_CALLS_PER_WORKER = 2
 RETRY_AFTER_S = 2
 ALLOWED_METHODS = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK"
 HEADER_PREFIX_RE = "^X-B2BUA-"
+WARNING_AGENT = "b2bua-edge"
+# Rules for an offer from outside before a worker answers it. Only rules
+# that keep every m-line belong here: the worker's answer must mirror the
+# caller's m-lines, and pjsua refuses the non-audio ones itself.
+INCOMING_OFFER_RULES = [{"rule": "choose_crypto"}]
 
 
 def create_handler(runtime_file: str) -> EdgeHandler:
@@ -67,6 +80,7 @@ class EdgeHandler:
         self.max_setups = int(runtime.get("max_setups_per_second", 4))
         self.expose_class = bool(runtime.get("expose_class_header", False))
         self.rotation = 0
+        self.incoming_offer_rules = compile_rules(INCOMING_OFFER_RULES)
 
     # app_python3 calls these for every process it forks.
     def child_init(self, rank: int) -> int:
@@ -159,6 +173,11 @@ class EdgeHandler:
         if KSR.rr.loose_route() > 0:
             if method == "INVITE":
                 KSR.rr.record_route()
+            if (method in ("INVITE", "UPDATE", "ACK", "PRACK")
+                    and self._worker_for_source() is None
+                    and KSR.textops.has_body() > 0
+                    and not self._normalize_for_worker(None, None, initial=False)):
+                return
             KSR.tm.t_relay()
             return
         if method == "ACK":
@@ -219,6 +238,9 @@ class EdgeHandler:
             KSR.sl.sl_send_reply(route.status, route.reason)
             return
         edge_policy = self._edge_policy(call_class)
+        srtp = media_policy.parse_policy_name(edge_policy).srtp
+        if not self._normalize_for_worker(message, srtp, initial=True):
+            return
         target = route.target
         target_policy = media_policy.MediaPolicy(
             ice=bool(target.ice), turn=False, srtp=target.srtp or "off"
@@ -259,6 +281,67 @@ class EdgeHandler:
         KSR.tm.t_on_failure("ksr_failure_to_worker")
         if KSR.tm.t_relay() < 0:
             KSR.sl.sl_send_reply(500, "Could Not Reach Worker")
+
+    def _normalize_for_worker(self, message: SipMessage | None, srtp: str | None,
+                              initial: bool) -> bool:
+        """Fit the request's SDP to what a worker can parse and answer.
+
+        Selects the SDP part of a multipart body, shrinks the message under
+        the worker's size limit, drops SRTP keys with an MKI and checks the
+        SRTP policy. Replies with the error itself and returns False when
+        the request cannot go on.
+        """
+        call_id = KSR.pv.get("$ci")
+        method = KSR.pv.get("$rm")
+        try:
+            if message is None:
+                message = parse_message(KSR.pv.get("$mb").encode("utf-8", "replace"))
+            if not message.body.strip():
+                return True
+            normalized = normalize_for_worker(message)
+            sdp = normalized.sdp
+            if sdp is not None and method != "ACK":
+                sdp = self.incoming_offer_rules.apply(
+                    sdp, LegContext(direction=OFFER, initial=initial))
+                if srtp is not None:
+                    encryption_answer(sdp, srtp)
+        except SipParseError as error:
+            KSR.info(f"call {call_id}: unreadable {method} ({error}); 400\n")
+            self._reply_error(400, "Bad Request", str(error))
+            return False
+        except MessageTooLarge as error:
+            KSR.info(f"call {call_id}: {method} too large for a worker "
+                     f"({error.reason}); {error.status}\n")
+            self._reply_error(error.status, "Message Too Large", error.reason)
+            return False
+        except SdpError as error:
+            reason = "Not Acceptable Here" if error.status == 488 else "Bad SDP"
+            KSR.info(f"call {call_id}: SDP of {method} rejected ({error.reason}); "
+                     f"{error.status}\n")
+            self._reply_error(error.status, reason, error.reason)
+            return False
+        for name in normalized.remove_headers:
+            KSR.hdr.remove(name)
+        if sdp is not None:
+            body = sdp.to_bytes()
+            if body != message.body or normalized.content_type is not None:
+                KSR.textops.set_body(body.decode("utf-8", "replace"),
+                                     "application/sdp")
+        if normalized.steps:
+            KSR.info(f"call {call_id}: {method} normalised for the worker: "
+                     f"{'; '.join(normalized.steps)}\n")
+        return True
+
+    def _reply_error(self, status: int, reason: str, warning_text: str) -> None:
+        text = warning_text.replace("\\", "\\\\").replace('"', "'")
+        text = " ".join(text.split())[:200]
+        KSR.hdr.append_to_reply(f'Warning: 399 {WARNING_AGENT} "{text}"\r\n')
+        if KSR.pv.get("$rm") == "ACK":
+            return
+        if KSR.tm.t_is_set() > 0:
+            KSR.tm.t_reply(status, reason)
+        else:
+            KSR.sl.sl_send_reply(status, reason)
 
     # ----- helpers --------------------------------------------------------------
 
