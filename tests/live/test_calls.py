@@ -145,3 +145,27 @@ def test_tcp_caller(b2bua: B2buaLab) -> None:
     code, report = b2bua.dial("echo", "--duration", "1", transport="tcp")
     assert code == 0, report
     assert report["rtp"]["rx_packets"] > 25
+
+
+def test_ringing_relayed_as_180(b2bua: B2buaLab, tmp_path: Path) -> None:
+    answer = b2bua.start_answer(5090, tmp_path / "a.jsonl", "--no-ice",
+                                "--ring", "1", "--calls", "1")
+    code, report = b2bua.dial("91234", "--duration", "1")
+    answer.wait(15)
+    assert code == 0, report
+    assert report["setup_ms"] >= 900, "answered before the target's ringing ended"
+    lines = call_log_lines(b2bua, report["call_id"])
+    assert any("outgoing leg ringing (180)" in line for line in lines), lines
+
+
+def test_early_media_reaches_caller(b2bua: B2buaLab, tmp_path: Path) -> None:
+    report_file = tmp_path / "a.jsonl"
+    answer = b2bua.start_answer(5090, report_file, "--no-ice", "--early-media",
+                                "--ring", "2", "--calls", "1")
+    code, report = b2bua.dial("91234", "--duration", "1")
+    answer.wait(15)
+    assert code == 0, report
+    lines = call_log_lines(b2bua, report["call_id"])
+    assert any("early media from target; 183" in line for line in lines), lines
+    # Two seconds of early tone plus one second answered, at 50 packets/s.
+    assert report["rtp"]["rx_packets"] > 120, "the caller did not hear early media"
