@@ -91,7 +91,9 @@ modparam("dispatcher", "ds_probing_mode", 1)
 modparam("dispatcher", "ds_probing_threshold", 1)
 modparam("dispatcher", "ds_inactive_threshold", 1)
 modparam("dispatcher", "ds_ping_reply_codes", "class=2")
-modparam("htable", "htable", "setups=>size=8;autoexpire=3;")
+# Without initval, sht_inc on a missing key fails instead of creating it,
+# and the per-worker setup rate limit never triggers.
+modparam("htable", "htable", "setups=>size=8;autoexpire=3;initval=0;")
 modparam("htable", "htable", "workerlock=>size=1;")
 modparam("app_python3", "load", "{paths['kemi_entry']}")
 
