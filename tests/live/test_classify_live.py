@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,10 @@ HIDDEN_SUBNET = 31
 SIPP_PORT = 5080
 MEDIA_PORT = 6000
 SIPP_TIMEOUT_S = 20
+LOG_WAIT_S = 5.0
+# Log steps that end a call: the worker's end line and the edge's 403.
+ENDED = "ended ("
+REJECTED = "rejected 403"
 USER = "room"
 
 # Last octet of each sender address in the far namespace. The internal
@@ -251,8 +256,18 @@ def send_invite(lab: B2buaLab, tmp: Path, sample: Path, sender: int,
 # ----- observing the B2BUA ---------------------------------------------------
 
 
-def call_lines(lab: B2buaLab, call_id: str) -> list[str]:
-    return [line for line in lab.log_text().splitlines() if call_id in line]
+def call_lines(lab: B2buaLab, call_id: str, last_step: str) -> list[str]:
+    """Return the log lines of one call once its `last_step` line is written.
+
+    Kamailio's lines reach the log through a relay thread, so they can lag
+    behind the response that sipp has already received.
+    """
+    deadline = time.monotonic() + LOG_WAIT_S
+    while True:
+        lines = [line for line in lab.log_text().splitlines() if call_id in line]
+        if any(last_step in line for line in lines) or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.1)
 
 
 def logged_class(lines: list[str]) -> str | None:
@@ -345,14 +360,14 @@ class TestExposedClass:
         result = send_invite(exposed, tmp_path, sample, sender, 200, replace)
         assert result.final.status == 200
         assert exposed_class(result.final) == call_class
-        lines = call_lines(exposed, result.call_id)
+        lines = call_lines(exposed, result.call_id, ENDED)
         assert logged_class(lines) == call_class, lines
         assert routed_rules(lines) == {rule}, lines
 
     def test_untrusted_trust_header_warns(self, exposed: B2buaLab,
                                           tmp_path: Path) -> None:
         result = send_invite(exposed, tmp_path, REMOTE_SAMPLE, INSIDE, 200)
-        lines = call_lines(exposed, result.call_id)
+        lines = call_lines(exposed, result.call_id, ENDED)
         warnings = [line for line in lines if "WARNING" in line]
         assert any("ms-edge-proxy-message-trust ignored" in line
                    for line in warnings), lines
@@ -365,7 +380,7 @@ class TestExposedClass:
                  "ms-source-verified-user=verified")
         result = send_invite(exposed, tmp_path, REMOTE_SAMPLE, TRUSTED_PEER, 403,
                              {"ms-edge-proxy-message-trust": trust})
-        lines = call_lines(exposed, result.call_id)
+        lines = call_lines(exposed, result.call_id, REJECTED)
         assert logged_class(lines) == "federation", lines
         reason = result.final.header("Reason") or ""
         assert "example.com is not on the allow list" in reason
@@ -381,7 +396,7 @@ class TestExposedClass:
         assert reason.startswith("SIP;cause=403"), reason
         assert "blocked.example.org is on the deny list" in reason
         assert final.header("X-B2BUA-Class") is None
-        lines = call_lines(exposed, result.call_id)
+        lines = call_lines(exposed, result.call_id, REJECTED)
         assert logged_class(lines) == "federation", lines
         assert not routed_rules(lines), lines
 
@@ -406,7 +421,7 @@ class TestExposedClass:
         class_values = result.final.header_values("X-B2BUA-Class")
         assert len(class_values) == 1, class_values
         assert "forged" not in class_values[0]
-        lines = call_lines(exposed, result.call_id)
+        lines = call_lines(exposed, result.call_id, ENDED)
         # The worker logs the rule it read from X-B2BUA-Route, the edge the
         # rule it chose; both must be the edge's own.
         assert routed_rules(lines) == {"remote-echo"}, lines
@@ -430,7 +445,7 @@ class TestHiddenClass:
     def test_class_header_absent(self, hidden: B2buaLab, tmp_path: Path) -> None:
         result = send_invite(hidden, tmp_path, REMOTE_SAMPLE, TRUSTED_PEER, 200)
         assert result.final.header("X-B2BUA-Class") is None
-        lines = call_lines(hidden, result.call_id)
+        lines = call_lines(hidden, result.call_id, ENDED)
         assert logged_class(lines) == "remote", lines
         assert_idle(hidden)
 
@@ -439,5 +454,5 @@ class TestHiddenClass:
         result = send_invite(hidden, tmp_path, FEDERATION_SAMPLE, TRUSTED_PEER, 403)
         reason = result.final.header("Reason") or ""
         assert "the allow list is empty" in reason
-        lines = call_lines(hidden, result.call_id)
+        lines = call_lines(hidden, result.call_id, REJECTED)
         assert logged_class(lines) == "federation", lines
