@@ -259,6 +259,21 @@ def _check_domain(value: Any, path: KeyPath) -> str:
     return text.lower()
 
 
+def _check_domain_pattern(value: Any, path: KeyPath) -> str:
+    """Accept a domain, `*.domain` (its subdomains) or `*` (every domain)."""
+    text = check_str(value, path)
+    if text == "*":
+        return text
+    name = text[2:] if text.startswith("*.") else text
+    if not _HOSTNAME.fullmatch(name):
+        raise SchemaError(
+            path,
+            f"invalid domain pattern {text!r}; expected a DNS name, "
+            "*.name for its subdomains, or * for every domain",
+        )
+    return text.lower()
+
+
 def _host_port(value: Any, path: KeyPath, default_port: int) -> str:
     """Normalise "host", "host:port" or "[v6]:port" to "host:port"."""
     text = check_str(value, path)
@@ -406,6 +421,7 @@ _LISTENER = {
     "ice": _Key(check_bool, True),
 }
 _domains = list_checker(_check_domain)
+_domain_patterns = list_checker(_check_domain_pattern)
 
 _SCHEMA: dict[str, _Key] = {
     "listen": _Key(
@@ -483,7 +499,11 @@ _SCHEMA: dict[str, _Key] = {
         {},
     ),
     "federation": _Key(
-        _section({"allow": _Key(_domains, []), "deny": _Key(_domains, [])}), {}
+        _section({
+            "allow": _Key(_domain_patterns, []),
+            "deny": _Key(_domain_patterns, []),
+        }),
+        {},
     ),
     "classes": _Key(
         _section({name: _class_policy(turn=name != "local") for name in CALL_CLASSES}),

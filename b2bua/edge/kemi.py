@@ -43,6 +43,11 @@ from b2bua.sipmsg import SipMessage, SipParseError, parse_message
 DISPATCHER_SET = 1
 BRIDGED_CALLS_PER_WORKER = 2
 RETRY_AFTER_S = 2
+# The reason phrase of a worker's 503 when it already holds its maximum
+# calls; it comes before any leg exists, so another worker can take the call.
+WORKER_FULL_REASON = "Worker Full"
+# AVPs that follow the INVITE transaction into its failure route.
+TRIED_WORKERS_AVP = "$avp(b2bua_tried_workers)"
 ALLOWED_METHODS = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK"
 HEADER_PREFIX_RE = "^X-B2BUA-"
 WARNING_AGENT = "b2bua-edge"
@@ -116,7 +121,38 @@ class EdgeHandler:
             KSR.dispatcher.ds_mark_dst_state("ip")
             KSR.hdr.append_to_reply(f"Retry-After: {RETRY_AFTER_S}\r\n")
             KSR.tm.t_reply(503, "Worker Unavailable")
+            return 1
+        if (KSR.tm.t_check_status("503") > 0
+                and KSR.pv.get("$T_reply_reason") == WORKER_FULL_REASON):
+            self._redispatch_from_full_worker()
         return 1
+
+    def _redispatch_from_full_worker(self) -> None:
+        """Send a call a worker rejected as full to another worker, or 503.
+
+        A worker frees its slot a moment after the edge's dialog of an ended
+        call is gone, so a new INVITE in that gap finds it still full.
+        """
+        call_id = KSR.pv.get("$ci")
+        tried = [w for w in (KSR.pv.get(TRIED_WORKERS_AVP) or "").split(",") if w]
+        if tried:
+            KSR.dialog.unset_dlg_profile("worker_load", tried[-1])
+            KSR.dialog.unset_dlg_profile("worker_any", tried[-1])
+        worker = self._pick_worker(exclude=set(tried))
+        if worker is None:
+            KSR.info(f"call {call_id}: worker {','.join(tried)} full and no other "
+                     "worker free; 503\n")
+            KSR.hdr.append_to_reply(f"Retry-After: {RETRY_AFTER_S}\r\n")
+            KSR.tm.t_reply(503, "Service Unavailable")
+            return
+        KSR.info(f"call {call_id}: worker {','.join(tried)} full; trying "
+                 f"{worker['id']}\n")
+        KSR.pv.sets("$du", f"sip:{worker['address']}:{worker['port']}")
+        KSR.pv.sets("$fs", self.internal_socket)
+        KSR.tm.t_on_failure("ksr_failure_to_worker")
+        if KSR.tm.t_relay() < 0:
+            KSR.hdr.append_to_reply(f"Retry-After: {RETRY_AFTER_S}\r\n")
+            KSR.tm.t_reply(503, "Service Unavailable")
 
     def ksr_failure_to_target(self, msg: Any) -> int:
         """Report an unreachable target to the worker as 503 with a Reason."""
@@ -338,10 +374,8 @@ class EdgeHandler:
         KSR.hdr.append_to_reply(f'Warning: 399 {WARNING_AGENT} "{text}"\r\n')
         if KSR.pv.get("$rm") == "ACK":
             return
-        if KSR.tm.t_is_set() > 0:
-            KSR.tm.t_reply(status, reason)
-        else:
-            KSR.sl.sl_send_reply(status, reason)
+        # send_reply answers statefully when a transaction exists.
+        KSR.sl.send_reply(status, reason)
 
     # ----- helpers --------------------------------------------------------------
 
@@ -372,11 +406,12 @@ class EdgeHandler:
         KSR.dialog.get_profile_size("worker_load", worker_id, "$var(load)")
         return int(KSR.pv.geti("$var(load)") or 0)
 
-    def _pick_worker(self) -> dict[str, Any] | None:
+    def _pick_worker(self, exclude: set[str] | None = None) -> dict[str, Any] | None:
         """Pick the least-loaded live worker that is under its setup rate.
 
-        Runs under an htable lock so that two Kamailio children cannot both
-        see the same free slot.
+        Counts the call in the worker's dialog profiles and adds the worker
+        to the call's tried list. Runs under an htable lock so that two
+        Kamailio children cannot both see the same free slot.
         """
         second = int(time.time())
         KSR.htable.sht_lock("workerlock", "pick")
@@ -386,6 +421,8 @@ class EdgeHandler:
             self.rotation = (self.rotation + 1) % max(count, 1)
             for offset in range(count):
                 worker = self.workers[(self.rotation + offset) % count]
+                if exclude and worker["id"] in exclude:
+                    continue
                 uri = f"sip:{worker['address']}:{worker['port']}"
                 if KSR.dispatcher.ds_is_active_uri(DISPATCHER_SET, uri) < 0:
                     continue
@@ -398,11 +435,20 @@ class EdgeHandler:
                 key = f"{worker['id']}:{second}"
                 # NOTE: the rate limit keeps pjlib's 64-entry socket table from
                 # running dry; see docs/limitations.md.
-                if KSR.htable.sht_inc("setups", key) > self.max_setups:
+                setups = KSR.htable.sht_inc("setups", key)
+                if setups < 1:
+                    # sht_inc returns -255 when it cannot count; a worker
+                    # without a working rate limit is not safe to use.
+                    KSR.err(f"edge: setup counter {key} failed ({setups})\n")
                     continue
-                KSR.dialog.dlg_manage()
+                if setups > self.max_setups:
+                    continue
+                if KSR.dialog.is_known_dlg() < 0:
+                    KSR.dialog.dlg_manage()
                 KSR.dialog.set_dlg_profile("worker_load", worker["id"])
                 KSR.dialog.set_dlg_profile("worker_any", worker["id"])
+                tried = KSR.pv.get(TRIED_WORKERS_AVP) or ""
+                KSR.pv.sets(TRIED_WORKERS_AVP, f"{tried},{worker['id']}".lstrip(","))
                 return worker
             return None
         finally:

@@ -428,3 +428,40 @@ def test_check_config_error_exit_2(tmp_path: Path) -> None:
         "warning, error\n"
     )
     assert "Traceback" not in result.output
+
+
+def test_federation_patterns_deny_wins(tmp_path: Path) -> None:
+    from b2bua.classify import ClassifyPolicy, check_federation, classify
+    from b2bua.sipmsg import parse_message
+
+    path = tmp_path / "fed.yaml"
+    path.write_text(
+        "federation:\n  allow: ['*.partner.example']\n"
+        "  deny: [bad.partner.example]\n"
+    )
+    config = load_config(str(path))
+    assert config.federation["allow"] == ("*.partner.example",)
+    policy = ClassifyPolicy.from_sections(config.classification, config.federation)
+    verdicts = {}
+    for domain in ("ok.partner.example", "bad.partner.example"):
+        message = parse_message(
+            f"INVITE sip:room@localhost SIP/2.0\r\n"
+            f"From: <sip:bob@{domain}>;tag=1\r\nTo: <sip:room@localhost>\r\n"
+            "Call-ID: fed\r\nCSeq: 1 INVITE\r\n\r\n".encode()
+        )
+        result = classify(message, "203.0.113.9", policy)
+        assert result.call_class == "federation"
+        verdicts[domain] = check_federation(result, message, policy)
+    assert verdicts["ok.partner.example"] is None
+    rejection = verdicts["bad.partner.example"]
+    assert rejection is not None
+    assert rejection.status == 403
+
+
+def test_federation_pattern_invalid(tmp_path: Path) -> None:
+    path = tmp_path / "fed.yaml"
+    path.write_text("federation:\n  allow: ['*bad*']\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(path))
+    assert "federation.allow[0]" in str(caught.value)
+    assert "*.name for its subdomains" in str(caught.value)
