@@ -341,9 +341,19 @@ def _check_media_address(value: Any, path: KeyPath) -> str:
     return str(address)
 
 
+# A worker with two bridged G.711 calls costs about 1% of a core and 12 MB
+# (measured in a pool on a 2-core machine), so 8 per core leaves most of
+# the CPU to spare while giving 16 concurrent calls per core.
+WORKERS_PER_CPU = 8
+
+
+def auto_worker_count() -> int:
+    return max(2, WORKERS_PER_CPU * (os.cpu_count() or 1))
+
+
 def _check_worker_count(value: Any, path: KeyPath) -> int:
     if value == "auto":
-        return max(2, 2 * (os.cpu_count() or 1))
+        return auto_worker_count()
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
         raise SchemaError(path, f"invalid value {value!r}; allowed: auto or 1..256")
     return value

@@ -238,23 +238,32 @@ class Supervisor:
         env = dict(os.environ)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = package_parent + os.pathsep + env.get("PYTHONPATH", "")
-        stderr = subprocess.PIPE if child is self.edge else None
+        is_edge = child is self.edge
+        # Kamailio prints its listener table on stdout and logs on stderr;
+        # both go through the relay so that only the script's lines show.
         child.process = subprocess.Popen(
-            child.argv, env=env, stdin=subprocess.DEVNULL, stderr=stderr,
-            start_new_session=False,
+            child.argv, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if is_edge else None,
+            stderr=subprocess.STDOUT if is_edge else None,
         )
         child.started_at = time.monotonic()
-        if child is self.edge and child.process.stderr is not None:
+        if is_edge and child.process.stdout is not None:
             threading.Thread(target=self._relay_edge_log,
-                             args=(child.process.stderr,), daemon=True).start()
+                             args=(child.process.stdout,), daemon=True).start()
         log.debug("started %s pid %d", child.name, child.process.pid)
 
     def _relay_edge_log(self, stream: Any) -> None:
         edge_log = logging.getLogger("b2bua.edge")
         for raw in stream:
             parsed = parse_kamailio_log_line(raw.decode("utf-8", "replace"))
-            if parsed is not None:
-                edge_log.log(parsed[0], "%s", parsed[1])
+            if parsed is None:
+                continue
+            level, text = parsed
+            if self.stopping:
+                # Kamailio's children report the closed pipes of a normal
+                # shutdown as CRITICAL "EOF on N".
+                level = logging.DEBUG
+            edge_log.log(level, "%s", text)
 
     # ----- watch -------------------------------------------------------------
 

@@ -143,7 +143,7 @@ class Worker:
 
         for name in s.policies:
             self.accounts[name] = self._create_account(name)
-        log.info(
+        log.debug(
             "worker %s ready on %s:%d, media %s:%d-%d, policies %s",
             s.worker_id, s.sip_address, s.sip_port, s.media_address,
             s.media_port, s.media_port + s.media_port_range - 1,
@@ -229,8 +229,9 @@ class Worker:
             return
         self.stopping = True
         self._stop_requested = time.monotonic()
-        log.info("worker %s: signal %d, ending %d call(s)",
-                 self.settings.worker_id, signum, len(self.pairs))
+        log.log(logging.INFO if self.pairs else logging.DEBUG,
+                "worker %s: signal %d, ending %d call(s)",
+                self.settings.worker_id, signum, len(self.pairs))
         for pair in self.pairs:
             pair.end_both("worker shutting down", 503)
 
@@ -360,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         worker.run()
     finally:
         worker.shutdown()
-    log.info("worker %s stopped", settings.worker_id)
+    log.debug("worker %s stopped", settings.worker_id)
     return 0
 
 

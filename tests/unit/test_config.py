@@ -45,7 +45,7 @@ def test_builtin_default_values() -> None:
     assert config.ice.turn == ()
     assert config.srtp == "optional"
 
-    assert config.workers.count == max(2, 2 * (os.cpu_count() or 1))
+    assert config.workers.count == max(2, 8 * (os.cpu_count() or 1))
     assert config.workers.sip_port_base == 5100
     assert config.workers.max_setups_per_second == 4.0
     assert config.edge.internal_address == "127.0.0.1"
@@ -414,7 +414,7 @@ def test_check_config_ok() -> None:
 
 def test_check_config_builtin_default() -> None:
     result = CliRunner().invoke(check_config_command, [])
-    workers = max(2, 2 * (os.cpu_count() or 1))
+    workers = max(2, 8 * (os.cpu_count() or 1))
     assert result.exit_code == 0
     assert result.output == f"config OK: 1 listeners, 2 rules, {workers} workers\n"
 
