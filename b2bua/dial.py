@@ -143,6 +143,7 @@ def empty_report() -> dict[str, Any]:
         "call_id": None,
         "remote_sdp": None,
         "srtp": None,
+        "b2bua_class": None,
     }
 
 
@@ -168,6 +169,7 @@ def call_report(call: ToneCall) -> dict[str, Any]:
         call_id=call.call_id_text or None,
         remote_sdp=call.remote_sdp,
         srtp=call.srtp,
+        b2bua_class=call.b2bua_class,
     )
     if not call.answered and call.received_status == 0:
         # pjsip ends an INVITE that got no response at all with a locally made

@@ -444,6 +444,17 @@ def make_tone(frequency: int) -> Any:
 SAMPLE_INTERVAL = 0.2
 
 
+def header_of_message(whole_msg: str, name: str) -> str | None:
+    """Return the first value of header `name` in a raw SIP message, or None."""
+    head = whole_msg.split("\r\n\r\n", 1)[0]
+    wanted = name.lower()
+    for line in head.split("\r\n")[1:]:
+        key, colon, value = line.partition(":")
+        if colon and key.strip().lower() == wanted:
+            return value.strip()
+    return None
+
+
 def sdp_of_message(whole_msg: str) -> str | None:
     """Return the SDP body of a SIP message, or None when it carries none."""
     from b2bua.sipmsg import SipParseError, parse_message
@@ -493,6 +504,8 @@ class ToneCall(pj.Call):
         self.ice: dict[str, Any] | None = None
         self.codec: str | None = None
         self.remote_sdp: str | None = None
+        # The B2BUA's call class, when its 200 OK carries X-B2BUA-Class.
+        self.b2bua_class: str | None = None
         self.srtp: str | None = None
         # Status of the last response received to our INVITE (0: none yet).
         self.received_status = 0
@@ -561,9 +574,13 @@ class ToneCall(pj.Call):
             return
         if tsx_body.tsx.role == pj.PJSIP_ROLE_UAC and tsx_body.tsx.statusCode:
             self.received_status = int(tsx_body.tsx.statusCode)
-        sdp = sdp_of_message(tsx_body.src.rdata.wholeMsg)
+        whole_msg = tsx_body.src.rdata.wholeMsg
+        sdp = sdp_of_message(whole_msg)
         if sdp is not None:
             self.remote_sdp = sdp
+        class_value = header_of_message(whole_msg, "X-B2BUA-Class")
+        if class_value is not None:
+            self.b2bua_class = class_value
 
     def sample(self) -> None:
         """Record the current RTP counters, codec and ICE pair."""

@@ -52,6 +52,7 @@ def test_ice_call_to_echo(b2bua: B2buaLab) -> None:
     assert report["ice"] is not None, "ICE was not negotiated with the caller"
     assert report["ice"]["state"] == "completed"
     assert report["ice"]["local_type"] == "host"
+    assert report["b2bua_class"] is None, "class header exposed by default"
     assert report["rtp"]["tx_packets"] > 50
     assert report["rtp"]["rx_packets"] > 50
     time.sleep(0.5)

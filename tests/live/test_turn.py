@@ -61,6 +61,7 @@ def b2bua(tmp_path_factory: pytest.TempPathFactory) -> Iterator[B2buaLab]:
         "ice": {"turn": [{"server": f"{edge_ip}:3478", "transport": "udp",
                           "username": TURN_USER, "password": TURN_PASSWORD}]},
         "classes": {"local": {"ice": True, "turn": True, "srtp": "optional"}},
+        "expose_class_header": True,
     })
     try:
         lab.create_namespaces()
@@ -82,6 +83,8 @@ def test_relay_only_caller_gets_media(b2bua: B2buaLab) -> None:
     assert report["ice"]["local_type"] == "relay", report["ice"]
     assert report["rtp"]["tx_packets"] > 50
     assert report["rtp"]["rx_packets"] > 50
+    assert report["b2bua_class"] is not None, "X-B2BUA-Class missing on the 200"
+    assert report["b2bua_class"].startswith("local;")
     time.sleep(0.5)
     ice_lines = [line for line in b2bua.log_text().splitlines()
                  if report["call_id"] in line and "ICE completed" in line]
