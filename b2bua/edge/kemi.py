@@ -207,6 +207,10 @@ class EdgeHandler:
 
     def _route_in_dialog(self, method: str) -> None:
         if KSR.rr.loose_route() > 0:
+            if method in ("INVITE", "UPDATE"):
+                worker = self._worker_for_source()
+                KSR.info(f"call {KSR.pv.get('$ci')}: in-dialog {method} from "
+                         f"{worker['id'] if worker else self._source()}\n")
             if method == "INVITE":
                 KSR.rr.record_route()
             if (method in ("INVITE", "UPDATE", "ACK", "PRACK")

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live.b2bua_lab import B2buaLab
+from tests.live.b2bua_lab import B2buaLab, read_reports
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns"),
@@ -100,3 +100,33 @@ def test_worker_offers_relay_candidate(b2bua: B2buaLab) -> None:
              if "typ relay" in line and f" {b2bua.edge_ip} 49" in line]
     assert relay, f"no relay candidate from the TURN server in:\n{answer_sdp}"
     assert report["rtp"]["rx_packets"] > 25
+
+
+def test_session_update_stays_on_its_leg(b2bua: B2buaLab, tmp_path: Path) -> None:
+    # The pjsua2 caller (ICE controlling, with TURN) updates the session
+    # once it is answered (codec lock or the ICE-chosen pair). The worker
+    # must answer that on the caller's leg alone, with media uninterrupted.
+    report_file = tmp_path / "answer.jsonl"
+    answer = b2bua.start_answer(5090, report_file, "--no-ice", "--calls", "1")
+    code, report = b2bua.dial(
+        "91234", "--duration", "3", "--turn", f"{b2bua.edge_ip}:3478",
+        "--turn-user", TURN_USER, "--turn-password", TURN_PASSWORD,
+    )
+    answer.wait(15)
+    assert code == 0, report
+    assert report["ice"]["local_type"] == "host", report["ice"]
+    assert report["rtp"]["rx_packets"] > 120, "media interrupted after the update"
+    time.sleep(0.5)
+    log = b2bua.log_text().splitlines()
+    caller_updates = [line for line in log if report["call_id"] in line
+                      and re.search(r"in-dialog (INVITE|UPDATE) from udp:", line)]
+    assert caller_updates, "the caller sent no session update"
+    target_calls = read_reports(report_file)
+    assert len(target_calls) == 1
+    target_call_id = target_calls[0]["call_id"]
+    assert not [line for line in log if target_call_id in line
+                and re.search(r"in-dialog (INVITE|UPDATE)", line)], (
+        "the session update leaked to the target leg")
+    assert target_calls[0]["rtp"]["rx_packets"] > 120
+    assert not [line for line in log if report["call_id"] in line
+                and "ICE failed" in line]
