@@ -30,14 +30,14 @@ log = logging.getLogger("b2bua.worker")
 ROUTE_HEADER = "X-B2BUA-Route"
 CLASS_HEADER = "X-B2BUA-Class"
 TONE_FREQUENCIES = (440, 480)
-# A target that answers CANCEL with nothing must not hold the caller forever.
+# A target that never responds to CANCEL must not hold the caller forever.
 CANCEL_GRACE_S = 4.0
 ICE_CHECK_INTERVAL_S = 0.25
 
 
 @dataclass
 class TargetSpec:
-    """Where the edge routed the call, as carried in X-B2BUA-Route."""
+    """The edge's routing decision, as carried in X-B2BUA-Route."""
 
     kind: str  # echo | tone | sip
     name: str
@@ -396,8 +396,8 @@ class CallPair:
         self.bridged = True
 
     def on_leg_transport(self, leg: Leg, state: int, status: int) -> None:
-        # Ending a call tears down its ICE session, which pjsua reports as an
-        # error; only a call still being set up or up can fail ICE.
+        # Ending a call tears down its ICE session, and pjsua reports that as
+        # an error. Only a call that is not ending can fail ICE.
         if leg.role != "edge" or leg.ice_reported or self.end_reason:
             return
         if status != 0:

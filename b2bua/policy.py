@@ -15,7 +15,7 @@ from dataclasses import dataclass
 POLICY_DOMAIN = "policy.b2bua.invalid"
 SRTP_MODES = ("off", "optional", "required")
 
-# NOTE: pjsua's PJSUA_MAX_ACC is 8 in this build, which caps distinct policies.
+# NOTE: PJSUA_MAX_ACC (8 upstream; not measured in this wheel) caps policies.
 MAX_POLICIES = 8
 
 

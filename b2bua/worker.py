@@ -2,7 +2,7 @@
 
 The edge (Kamailio) sends each worker INVITEs that already carry the routing
 decision in `X-B2BUA-*` headers and a request-URI whose host names the media
-policy (see `policy.py`). The worker answers on the edge leg, places the
+policy (see `policy.py`). The worker accepts the call on the edge leg, places the
 outgoing leg toward the target through the edge, and bridges audio through
 pjsua's conference bridge. Every pjsua2 call happens on the one thread that
 runs the event loop, because this pjsip build aborts otherwise.
@@ -39,7 +39,7 @@ STATUS_INTERVAL_S = 2.0
 
 @dataclass
 class WorkerSettings:
-    """What one worker needs from the supervisor's runtime file."""
+    """Settings of one worker, read from the supervisor's runtime file."""
 
     index: int
     worker_id: str
