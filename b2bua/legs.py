@@ -8,11 +8,13 @@ leg. All methods run on the worker's event-loop thread.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pjsua2 as pj
 
@@ -65,6 +67,25 @@ class TargetSpec:
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
+
+
+CallbackT = TypeVar("CallbackT", bound=Callable[..., None])
+
+
+def guarded(callback: CallbackT) -> CallbackT:
+    """Log an exception escaping a pjsua2 callback instead of letting it out.
+
+    An exception that crosses back into pjsip from a Python callback would
+    leave the call half-handled, so one bug costs one log line, not a worker.
+    """
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> None:
+        try:
+            callback(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - last line of defence
+            log.exception("error in pjsua2 callback %s", callback.__qualname__)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def sip_headers(headers: list[tuple[str, str]]) -> Any:
@@ -131,6 +152,7 @@ class Leg(pj.Call):
             log.warning("could not reject call: %s", error.info())
         account.worker.rejected_legs.append(leg)
 
+    @guarded
     def onCallState(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
         info = self.getInfo()
         self.last_status = info.lastStatusCode
@@ -142,14 +164,17 @@ class Leg(pj.Call):
         if self.pair is not None:
             self.pair.on_leg_state(self, info)
 
+    @guarded
     def onCallMediaState(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
         if self.pair is not None:
             self.pair.on_leg_media(self)
 
+    @guarded
     def onCallMediaTransportState(self, prm: Any) -> None:  # noqa: N802
         if self.pair is not None:
             self.pair.on_leg_transport(self, prm.state, prm.status)
 
+    @guarded
     def onCallSdpCreated(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
         remote = prm.remSdp.wholeSdp
         if not remote:

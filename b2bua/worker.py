@@ -26,7 +26,7 @@ from typing import Any
 import pjsua2 as pj
 
 from b2bua import policy as media_policy
-from b2bua.legs import CallPair, Leg, TargetSpec
+from b2bua.legs import CallPair, Leg, TargetSpec, guarded
 from b2bua.sipmsg import SipParseError, name_addr_uri, parse_message
 
 log = logging.getLogger("b2bua.worker")
@@ -88,6 +88,7 @@ class PolicyAccount(pj.Account):
         self.worker = worker
         self.policy_name = policy_name
 
+    @guarded
     def onIncomingCall(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
         self.worker.on_incoming_call(self, prm)
 
@@ -211,7 +212,11 @@ class Worker:
             self.rejected_legs = [leg for leg in self.rejected_legs
                                   if not leg.disconnected]
             for pair in list(self.pairs):
-                pair.on_tick(now)
+                try:
+                    pair.on_tick(now)
+                except Exception:  # noqa: BLE001 - one call's bug must not stop the loop
+                    log.exception("call %s: error in timer handling", pair.call_id)
+                    pair.end_both("internal error", 500)
                 if pair.finished:
                     self.pairs.remove(pair)
                     self.write_status(force=True)
