@@ -1,0 +1,516 @@
+"""Build and tear down the lab interop rig: NAT topologies in network namespaces.
+
+The rig models a site and the internet around it, all inside 10.99.0.0/16:
+
+    desk --- inside --- border --- wan --- rnat --- remote  (our user at home)
+               |                    |  \-- cnat --- closed  (NAT that drops UDP)
+               +------ relay -------+  \-- fnat --- fed     (another domain)
+
+`inside` runs `b2bua run` and the trunk target, `desk` is a phone on the
+inside LAN; `relay` runs coturn with one
+leg inside and one on the wan, as an A/V edge relay does; `border` forwards
+the B2BUA's SIP port (DNAT) and masquerades the rest of the site; `rnat`,
+`cnat` and `fnat` masquerade their one host, and `cnat` drops all UDP. No
+namespace has a default route: every route covers 10.99.0.0/16 or less, so
+nothing reaches the host or beyond.
+
+Namespace names are fixed (`b2blab-<name>`) because `up`, `run` and `down`
+are separate invocations. `up` writes a state file with the pids it started
+and refuses to build over leftovers; `down` removes them all, also after a
+failed `up`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+REPO = Path(__file__).resolve().parent.parent
+LAB_DATA = REPO / "tests" / "data" / "lab"
+DEFAULT_STATE_DIR = Path("/run/b2bua-lab")
+PREFIX = "b2blab"
+STATE_FILE = "state.json"
+READY_TIMEOUT_S = 25.0
+STOP_TIMEOUT_S = 5.0
+
+# Fixed addresses of the topology. Subnets 10.99.60-89 belong to the rig.
+INSIDE_IP = "10.99.60.1"
+BORDER_INSIDE_IP = "10.99.60.254"
+RELAY_INSIDE_IP = "10.99.61.2"
+BORDER_WAN_IP = "10.99.70.1"
+RELAY_WAN_IP = "10.99.71.1"
+DESK_IP = "10.99.62.2"
+REMOTE_IP = "10.99.80.2"
+CLOSED_IP = "10.99.81.2"
+FED_IP = "10.99.82.2"
+SIP_PORT = 5060
+TURN_PORT = 3478
+TRUNK_PORT = 5090
+SIPP_PORT = 5080
+LAB_ROUTE = "10.99.0.0/16"
+
+NAMESPACES = ("inside", "desk", "border", "wan", "relay", "rnat", "remote",
+              "cnat", "closed", "fnat", "fed")
+ROUTERS = ("border", "wan", "rnat", "cnat", "fnat")
+
+
+@dataclass(frozen=True)
+class Link:
+    """A veth pair: namespace, address/prefix on each end."""
+
+    a: str
+    a_cidr: str
+    b: str
+    b_cidr: str
+
+
+LINKS = (
+    Link("inside", f"{INSIDE_IP}/24", "border", f"{BORDER_INSIDE_IP}/24"),
+    Link("inside", "10.99.61.1/24", "relay", f"{RELAY_INSIDE_IP}/24"),
+    Link("desk", f"{DESK_IP}/24", "inside", "10.99.62.1/24"),
+    Link("border", f"{BORDER_WAN_IP}/24", "wan", "10.99.70.254/24"),
+    Link("relay", f"{RELAY_WAN_IP}/24", "wan", "10.99.71.254/24"),
+    Link("rnat", "10.99.72.1/24", "wan", "10.99.72.254/24"),
+    Link("cnat", "10.99.73.1/24", "wan", "10.99.73.254/24"),
+    Link("fnat", "10.99.74.1/24", "wan", "10.99.74.254/24"),
+    Link("remote", f"{REMOTE_IP}/24", "rnat", "10.99.80.1/24"),
+    Link("closed", f"{CLOSED_IP}/24", "cnat", "10.99.81.1/24"),
+    Link("fed", f"{FED_IP}/24", "fnat", "10.99.82.1/24"),
+)
+
+# (namespace, destination, gateway). Connected subnets need no entry.
+ROUTES = (
+    ("inside", LAB_ROUTE, BORDER_INSIDE_IP),
+    ("desk", LAB_ROUTE, "10.99.62.1"),
+    ("border", LAB_ROUTE, "10.99.70.254"),
+    ("relay", "10.99.60.0/24", "10.99.61.1"),
+    ("relay", LAB_ROUTE, "10.99.71.254"),
+    # NOTE: the edge puts its inside address in Record-Route (no advertised
+    # address), so the wan routes it to the border, whose filter admits SIP only.
+    ("wan", "10.99.60.0/24", BORDER_WAN_IP),
+    ("rnat", LAB_ROUTE, "10.99.72.254"),
+    ("cnat", LAB_ROUTE, "10.99.73.254"),
+    ("fnat", LAB_ROUTE, "10.99.74.254"),
+    ("remote", LAB_ROUTE, "10.99.80.1"),
+    ("closed", LAB_ROUTE, "10.99.81.1"),
+    ("fed", LAB_ROUTE, "10.99.82.1"),
+)
+
+
+def _home_nat(name: str, drop_udp: bool = False) -> list[list[str]]:
+    rules = [["-t", "nat", "-A", "POSTROUTING", "-o", "to-wan", "-j", "MASQUERADE"],
+             ["-P", "FORWARD", "DROP"],
+             ["-A", "FORWARD", "-m", "conntrack", "--ctstate",
+              "ESTABLISHED,RELATED", "-j", "ACCEPT"]]
+    if drop_udp:
+        rules.append(["-A", "FORWARD", "-p", "udp", "-j", "DROP"])
+    rules.append(["-A", "FORWARD", "-i", f"to-{name}", "-o", "to-wan",
+                  "-j", "ACCEPT"])
+    return rules
+
+
+def _border_rules() -> list[list[str]]:
+    rules = []
+    for proto in ("udp", "tcp"):
+        rules.append(["-t", "nat", "-A", "PREROUTING", "-i", "to-wan", "-d",
+                      BORDER_WAN_IP, "-p", proto, "--dport", str(SIP_PORT),
+                      "-j", "DNAT", "--to-destination", f"{INSIDE_IP}:{SIP_PORT}"])
+    rules += [
+        ["-t", "nat", "-A", "POSTROUTING", "-o", "to-wan", "-j", "MASQUERADE"],
+        ["-P", "FORWARD", "DROP"],
+        ["-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED",
+         "-j", "ACCEPT"],
+        ["-A", "FORWARD", "-i", "to-inside", "-o", "to-wan", "-j", "ACCEPT"],
+    ]
+    for proto in ("udp", "tcp"):
+        rules.append(["-A", "FORWARD", "-i", "to-wan", "-d", INSIDE_IP, "-p", proto,
+                      "--dport", str(SIP_PORT), "-j", "ACCEPT"])
+    return rules
+
+
+FIREWALLS: dict[str, list[list[str]]] = {
+    "border": _border_rules(),
+    "rnat": _home_nat("remote"),
+    "cnat": _home_nat("closed", drop_udp=True),
+    "fnat": _home_nat("fed"),
+}
+
+
+class RigError(RuntimeError):
+    """The rig could not be built, used or removed; the message says why."""
+
+
+def ns_name(short: str) -> str:
+    return f"{PREFIX}-{short}"
+
+
+def netns_argv(short: str, argv: list[str]) -> list[str]:
+    return ["ip", "netns", "exec", ns_name(short), *argv]
+
+
+def run_cmd(argv: list[str], timeout: float = 15.0) -> str:
+    """Run a command to completion and return stdout; raise RigError on failure."""
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RigError(f"{' '.join(argv)} failed: {exc}") from exc
+    if done.returncode != 0:
+        raise RigError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def existing_namespaces() -> list[str]:
+    """Return the rig's namespaces that exist now."""
+    names = [line.split()[0] for line in run_cmd(["ip", "netns", "list"]).splitlines()
+             if line.strip()]
+    ours = {ns_name(short) for short in NAMESPACES}
+    return [name for name in names if name in ours]
+
+
+def child_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+def cli_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "b2bua.cli", *args]
+
+
+# ----- processes ---------------------------------------------------------------
+
+
+def _pid_namespace(pid: int) -> str | None:
+    try:
+        out = run_cmd(["ip", "netns", "identify", str(pid)], timeout=5)
+    except RigError:
+        return None
+    return out.strip() or None
+
+
+def stop_pid(pid: int, namespace: str | None, timeout: float = STOP_TIMEOUT_S) -> None:
+    """Stop one process we started: SIGTERM, then SIGKILL after `timeout`.
+
+    When `namespace` is given, a pid that now lives elsewhere was reused by
+    another process and is left alone.
+    """
+    if namespace is not None and _pid_namespace(pid) != namespace:
+        log.info("pid %d is gone or outside %s; not stopping it", pid, namespace)
+        return
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        _reap(pid)
+        time.sleep(0.05)
+    log.warning("pid %d ignored SIGTERM for %.0f s; killing it", pid, timeout)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    """Collect the exit status of our own child so that it does not linger."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+# ----- the rig -----------------------------------------------------------------
+
+
+class Rig:
+    """The namespaces, their config and the daemons of one rig, found by state_dir."""
+
+    def __init__(self, state_dir: Path = DEFAULT_STATE_DIR,
+                 config_file: Path = LAB_DATA / "b2bua.yaml") -> None:
+        self.state_dir = state_dir
+        self.source_config = config_file
+        self.state_path = state_dir / STATE_FILE
+        self.config_path = state_dir / "b2bua.yaml"
+        self.runtime_dir = state_dir / "b2bua-run"
+        self.log_path = state_dir / "b2bua.log"
+        self.turn_log = state_dir / "turn.log"
+        self.results_path = state_dir / "results.md"
+        self.config = self._load_config()
+
+    def _load_config(self) -> dict[str, Any]:
+        try:
+            config = yaml.safe_load(self.source_config.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise RigError(f"cannot read rig config {self.source_config}: {exc}") from exc
+        if not isinstance(config, dict):
+            raise RigError(f"{self.source_config}: expected a mapping")
+        dialplan = config.get("dialplan")
+        if dialplan is not None:
+            config["dialplan"] = str((self.source_config.parent / dialplan).resolve())
+        config["runtime_dir"] = str(self.runtime_dir)
+        return config
+
+    @property
+    def turn_credentials(self) -> tuple[str, str]:
+        """The (username, password) of the first TURN server in the rig config."""
+        try:
+            entry = self.config["ice"]["turn"][0]
+            return str(entry["username"]), str(entry["password"])
+        except (KeyError, IndexError, TypeError) as exc:
+            raise RigError(
+                f"{self.source_config}: ice.turn[0] with username and password "
+                "is missing; the rig's coturn takes its credentials from it"
+            ) from exc
+
+    @property
+    def worker_count(self) -> int:
+        return int(self.config.get("workers", {}).get("count", 2))
+
+    # ----- state ---------------------------------------------------------------
+
+    def read_state(self) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.state_path.read_text()))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            log.warning("state file %s is unreadable (%s); ignoring it",
+                        self.state_path, exc)
+            return {}
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        self.state_path.write_text(json.dumps(state, indent=2) + "\n")
+
+    def _record(self, key: str, value: Any) -> None:
+        state = self.read_state()
+        if isinstance(state.get(key), list):
+            state[key].append(value)
+        else:
+            state[key] = value
+        self._write_state(state)
+
+    def is_up(self) -> bool:
+        return bool(self.read_state().get("ready"))
+
+    # ----- up ------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Build the topology and start coturn and `b2bua run`.
+
+        Raises RigError when namespaces or a state file of an earlier rig
+        exist; `down` clears them. On any failure the partial rig is removed.
+        """
+        leftovers = existing_namespaces()
+        if leftovers or self.state_path.exists():
+            raise RigError(
+                f"a lab rig already exists ({', '.join(leftovers) or self.state_path}); "
+                "run `scripts/lab down` first"
+            )
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._write_state({"namespaces": [], "processes": [], "ready": False})
+        try:
+            self._build_network()
+            self._start_turn()
+            self._start_b2bua()
+        except BaseException:
+            log.error("rig start failed; removing what was built")
+            self.down()
+            raise
+        self._record("ready", True)
+        log.info("rig up; state in %s", self.state_path)
+
+    def _build_network(self) -> None:
+        for short in NAMESPACES:
+            run_cmd(["ip", "netns", "add", ns_name(short)])
+            self._record("namespaces", ns_name(short))
+            run_cmd(netns_argv(short, ["ip", "link", "set", "lo", "up"]))
+        for link in LINKS:
+            if_a, if_b = f"to-{link.b}", f"to-{link.a}"
+            run_cmd(["ip", "link", "add", if_a, "netns", ns_name(link.a), "type",
+                     "veth", "peer", "name", if_b, "netns", ns_name(link.b)])
+            for short, ifname, cidr in ((link.a, if_a, link.a_cidr),
+                                        (link.b, if_b, link.b_cidr)):
+                run_cmd(netns_argv(short, ["ip", "addr", "add", cidr, "dev", ifname]))
+                run_cmd(netns_argv(short, ["ip", "link", "set", ifname, "up"]))
+        for short, destination, gateway in ROUTES:
+            run_cmd(netns_argv(short, ["ip", "route", "add", destination,
+                                       "via", gateway]))
+        for short in ROUTERS:
+            run_cmd(netns_argv(short, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]))
+        for short, rules in FIREWALLS.items():
+            for rule in rules:
+                run_cmd(netns_argv(short, ["iptables", "-w", "5", *rule]))
+        log.info("built %d namespaces and %d links", len(NAMESPACES), len(LINKS))
+
+    def spawn(self, short: str, name: str, argv: list[str],
+              log_path: Path) -> subprocess.Popen[bytes]:
+        """Start a daemon in a namespace that outlives this process; record its pid."""
+        with log_path.open("ab") as output:
+            process = subprocess.Popen(
+                netns_argv(short, argv), stdout=output, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, env=child_env(), start_new_session=True,
+            )
+        self._record("processes", {"name": name, "pid": process.pid,
+                                   "namespace": ns_name(short)})
+        log.info("started %s as pid %d in %s", name, process.pid, ns_name(short))
+        return process
+
+    def _start_turn(self) -> None:
+        user, password = self.turn_credentials
+        argv = [
+            "turnserver", "-n", "--listening-ip", RELAY_INSIDE_IP,
+            "--listening-ip", RELAY_WAN_IP, "--relay-ip", RELAY_WAN_IP,
+            "--listening-port", str(TURN_PORT), "--lt-cred-mech",
+            "--user", f"{user}:{password}", "--realm", "lab.test",
+            "--no-tls", "--no-dtls", "--no-cli",
+            "--allowed-peer-ip", "10.99.0.0-10.99.255.255",
+            "--min-port", "49160", "--max-port", "49399",
+            "--log-file", "stdout", "--simple-log",
+            "--userdb", str(self.state_dir / "turndb"),
+            "--pidfile", str(self.state_dir / "turn.pid"),
+        ]
+        self.turn_log.write_text("")
+        process = self.spawn("relay", "coturn", argv, self.turn_log)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if "Relay ports initialization done" in self.turn_log.read_text(
+                    errors="replace"):
+                return
+            if process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise RigError(f"coturn did not start; see {self.turn_log}")
+
+    def _start_b2bua(self) -> None:
+        self.config_path.write_text(yaml.safe_dump(self.config))
+        self.log_path.write_text("")
+        process = self.spawn("inside", "b2bua run",
+                             cli_argv("run", "--config", str(self.config_path)),
+                             self.log_path)
+        ctl = self.runtime_dir / "kamailio.ctl"
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RigError(f"b2bua run exited early; see {self.log_path}")
+            workers = list((self.runtime_dir / "workers").glob("*.json"))
+            if len(workers) == self.worker_count and ctl.exists():
+                # The edge's dispatcher marks workers usable after its first probe.
+                time.sleep(1.0)
+                return
+            time.sleep(0.2)
+        raise RigError(f"b2bua run not ready in {READY_TIMEOUT_S:.0f} s; "
+                       f"see {self.log_path}")
+
+    # ----- down ----------------------------------------------------------------
+
+    def down(self) -> list[str]:
+        """Stop every recorded process, then delete the rig's namespaces.
+
+        Processes still inside a namespace (children of a killed daemon) are
+        stopped by pid first. Returns the namespaces deleted.
+        """
+        state = self.read_state()
+        for entry in reversed(state.get("processes", [])):
+            stop_pid(int(entry["pid"]), entry.get("namespace"))
+        deleted = []
+        for name in existing_namespaces():
+            try:
+                pids = [int(p) for p in run_cmd(["ip", "netns", "pids", name]).split()]
+            except RigError as exc:
+                log.warning("cannot list processes in %s: %s", name, exc)
+                pids = []
+            for pid in pids:
+                log.info("stopping pid %d left in %s", pid, name)
+                stop_pid(pid, name)
+            # Deleting a namespace destroys the veth ends inside it, and a
+            # veth pair goes away with either end.
+            run_cmd(["ip", "netns", "delete", name])
+            deleted.append(name)
+        self.state_path.unlink(missing_ok=True)
+        log.info("rig down; deleted %d namespaces", len(deleted))
+        return deleted
+
+
+# ----- command line ------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `up`, `run [SCENARIO...]`, `down` or `list`; return the exit status."""
+    import argparse
+
+    from b2bua import lab_scenarios
+
+    parser = argparse.ArgumentParser(prog="scripts/lab",
+                                     description="lab interop rig (run as root)")
+    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                        help=f"state, logs and results (default {DEFAULT_STATE_DIR})")
+    parser.add_argument("-v", "--verbose", action="store_true", help="info logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="build the namespaces, start coturn and b2bua run")
+    run = sub.add_parser("run", help="run scenarios (default: all) on a rig that is up")
+    run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                     help=f"one of: {', '.join(lab_scenarios.SCENARIOS)}")
+    sub.add_parser("down", help="stop the rig's processes, delete its namespaces")
+    sub.add_parser("list", help="list the scenarios")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    rig = Rig(args.state_dir)
+    try:
+        if args.command == "up":
+            rig.up()
+            print(f"rig up; logs in {rig.state_dir}")  # noqa: T201
+        elif args.command == "down":
+            deleted = rig.down()
+            print(f"rig down; deleted {len(deleted)} namespaces")  # noqa: T201
+        elif args.command == "list":
+            for name, function in lab_scenarios.SCENARIOS.items():
+                summary = (function.__doc__ or "").strip().splitlines()[0]
+                print(f"{name}: {summary}")  # noqa: T201
+        else:
+            return run_scenarios(rig, args.scenarios)
+    except RigError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
+        return 1
+    return 0
+
+
+def run_scenarios(rig: Rig, names: list[str]) -> int:
+    """Run scenarios, print their result lines and append them to the table."""
+    from b2bua import lab_scenarios
+
+    unknown = [name for name in names if name not in lab_scenarios.SCENARIOS]
+    if unknown:
+        raise RigError(f"unknown scenario {', '.join(unknown)}; known: "
+                       f"{', '.join(lab_scenarios.SCENARIOS)}")
+    if not rig.is_up():
+        raise RigError("the rig is not up; run `scripts/lab up` first")
+    results = []
+    for name in names or list(lab_scenarios.SCENARIOS):
+        result = lab_scenarios.SCENARIOS[name](rig)
+        print(result.line(), flush=True)  # noqa: T201
+        results.append(result)
+    lab_scenarios.append_results(rig.results_path, results)
+    print(f"results appended to {rig.results_path}")  # noqa: T201
+    return 0 if all(result.passed for result in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
