@@ -131,3 +131,7 @@ def check_command(config_path: str | None, as_json: bool, timeout: float,
     else:
         _echo_text(checks)
     sys.exit(EXIT_OK if all_ok else EXIT_SERVER_FAILED)
+
+
+if __name__ == "__main__":
+    check_command()

@@ -22,6 +22,7 @@ import os
 import socket
 import ssl
 import struct
+import threading
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -436,7 +437,7 @@ def describe_os_error(error: OSError) -> str:
         return "connection reset"
     if isinstance(error, PermissionError):
         # Linux returns EPERM when a local firewall rule drops the packet.
-        return "blocked by a local firewall rule (EPERM)"
+        return "sending blocked by a local firewall rule (EPERM)"
     return error.strerror or str(error)
 
 
@@ -652,3 +653,102 @@ def select_turn_transport(server: str, configured: str, *,
         if result.ok:
             return transport, results
     return None, results
+
+
+class TurnTransportMonitor:
+    """The TURN transport a worker should use, re-probed in a background thread.
+
+    Only `probe_now`'s thread touches sockets. The owner calls the other
+    methods from its own thread (the pjsua event loop), takes a change with
+    `take_change`, applies it and confirms it with `applied`.
+    """
+
+    def __init__(self, server: str, configured: str, *, tls_verify: bool = True,
+                 interval: float = 60.0, timeout: float = DEFAULT_TIMEOUT_S,
+                 tries: int = DEFAULT_TRIES) -> None:
+        self.server = server
+        self.configured = configured
+        self.current = configured
+        self.tls_verify = tls_verify
+        self.interval = interval
+        self.timeout = timeout
+        self.tries = tries
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._selected: str | None = None
+        self._errors: dict[str, str] = {}
+        self._last_started = float("-inf")
+        self._all_failed_logged = False
+
+    def server_for(self, transport: str) -> str:
+        """Return the "host:port" of this server for `transport`."""
+        return server_for_transport(self.server, self.configured, transport)
+
+    def probe_now(self) -> None:
+        """Start a probe thread unless one is running."""
+        with self._lock:
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._last_started = time.monotonic()
+            self._thread = threading.Thread(
+                target=self._probe, name="turn-probe", daemon=True
+            )
+            self._thread.start()
+
+    def probe_if_due(self, now: float) -> None:
+        if now - self._last_started >= self.interval:
+            self.probe_now()
+
+    def wait(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for a running probe to finish."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _probe(self) -> None:
+        selected, results = select_turn_transport(
+            self.server, self.configured, timeout=self.timeout, tries=self.tries,
+            tls_verify=self.tls_verify,
+        )
+        with self._lock:
+            self._errors = {r.transport: r.error for r in results if not r.ok}
+            self._selected = selected
+        if selected is None:
+            if not self._all_failed_logged:
+                log.warning("TURN server %s: no transport works (%s); keeping %s",
+                            self.server, self._describe_errors(), self.current.upper())
+            self._all_failed_logged = True
+        else:
+            self._all_failed_logged = False
+
+    def take_change(self) -> str | None:
+        """Return a transport that differs from `current`, or None."""
+        with self._lock:
+            selected = self._selected
+        if selected is None or selected == self.current:
+            return None
+        return selected
+
+    def discard_change(self) -> None:
+        """Forget the probed transport until the next probe selects one again."""
+        with self._lock:
+            self._selected = None
+
+    def applied(self, transport: str) -> None:
+        """Record that the accounts now use `transport`, and log the switch."""
+        previous, self.current = self.current, transport
+        if transport == self.configured:
+            log.info("TURN server %s: %s works again, using it",
+                     self.server, transport.upper())
+            return
+        with self._lock:
+            error = self._errors.get(previous) or "no response"
+        blocked = "blocked" if "timed out" in error or "EPERM" in error else "failed"
+        log.info("TURN server %s: %s %s, using %s. The %s probe failed: %s",
+                 self.server, previous.upper(), blocked, transport.upper(),
+                 previous.upper(), error)
+
+    def _describe_errors(self) -> str:
+        with self._lock:
+            errors = dict(self._errors)
+        return ", ".join(f"{name.upper()} {text}" for name, text in errors.items())

@@ -26,6 +26,7 @@ from typing import Any
 import pjsua2 as pj
 
 from b2bua import policy as media_policy
+from b2bua import probe
 from b2bua.legs import CallPair, Leg, TargetSpec, guarded
 from b2bua.sipmsg import SipParseError, name_addr_uri, parse_message
 
@@ -35,6 +36,9 @@ log = logging.getLogger("b2bua.worker")
 MAX_BRIDGED_CALLS = 2
 EVENT_LOOP_TIMEOUT_MS = 100
 STATUS_INTERVAL_S = 2.0
+TURN_REPROBE_INTERVAL_S = 60.0
+# Worst case of one probe round: three transports, each 1 s x 2 tries.
+TURN_STARTUP_PROBE_WAIT_S = 7.0
 
 
 @dataclass
@@ -108,11 +112,22 @@ class Worker:
         self.calls_handled = 0
         self._last_status = 0.0
         self._last_status_text = ""
+        self.turn_monitor: probe.TurnTransportMonitor | None = None
+        if settings.turn:
+            turn = settings.turn[0]
+            self.turn_monitor = probe.TurnTransportMonitor(
+                turn["server"], turn.get("transport", "udp"),
+                tls_verify=bool(turn.get("tls_verify", True)),
+                interval=TURN_REPROBE_INTERVAL_S,
+            )
 
     # ----- lifecycle -------------------------------------------------------
 
     def start(self) -> None:
         s = self.settings
+        if self.turn_monitor is not None:
+            # Runs while pjsua starts up; the accounts wait for its result.
+            self.turn_monitor.probe_now()
         ep_cfg = pj.EpConfig()
         ep_cfg.uaConfig.threadCnt = 0
         ep_cfg.uaConfig.mainThreadOnly = False
@@ -142,6 +157,11 @@ class Worker:
         self.endpoint.libStart()
         self._set_codec_priorities()
 
+        if self.turn_monitor is not None:
+            self.turn_monitor.wait(TURN_STARTUP_PROBE_WAIT_S)
+            change = self.turn_monitor.take_change()
+            if change is not None:
+                self.turn_monitor.applied(change)
         for name in s.policies:
             self.accounts[name] = self._create_account(name)
         log.debug(
@@ -163,6 +183,11 @@ class Worker:
             self.endpoint.codecSetPriority(codec_id, wanted.get(short, 0))
 
     def _create_account(self, policy_name: str) -> PolicyAccount:
+        account = PolicyAccount(self, policy_name)
+        account.create(self._account_config(policy_name))
+        return account
+
+    def _account_config(self, policy_name: str) -> Any:
         s = self.settings
         policy = media_policy.parse_policy_name(policy_name)
         cfg = pj.AccountConfig()
@@ -191,19 +216,50 @@ class Worker:
         )
         if policy.ice and policy.turn and s.turn:
             turn = s.turn[0]
+            transport = turn.get("transport", "udp")
+            server = turn["server"]
+            if self.turn_monitor is not None:
+                transport = self.turn_monitor.current
+                server = self.turn_monitor.server_for(transport)
             nat.turnEnabled = True
-            nat.turnServer = turn["server"]
+            nat.turnServer = server
             nat.turnConnType = {
                 "udp": pj.PJ_TURN_TP_UDP,
                 "tcp": pj.PJ_TURN_TP_TCP,
                 "tls": pj.PJ_TURN_TP_TLS,
-            }[turn.get("transport", "udp")]
+            }[transport]
             nat.turnUserName = turn.get("username", "")
             nat.turnPasswordType = 0
             nat.turnPassword = turn.get("password", "")
-        account = PolicyAccount(self, policy_name)
-        account.create(cfg)
-        return account
+        return cfg
+
+    def _update_turn_transport(self, now: float) -> None:
+        """Re-probe the TURN server when due, and apply a change between calls.
+
+        Account.modify would disturb the media of a running call, so a new
+        transport waits until the worker has no calls.
+        """
+        monitor = self.turn_monitor
+        if monitor is None:
+            return
+        monitor.probe_if_due(now)
+        change = monitor.take_change()
+        if change is None or self.pairs or self.rejected_legs:
+            return
+        previous = monitor.current
+        monitor.current = change
+        try:
+            for name, account in self.accounts.items():
+                if media_policy.parse_policy_name(name).turn:
+                    account.modify(self._account_config(name))
+        except pj.Error as error:
+            log.warning("worker %s: switching TURN to %s failed: %s",
+                        self.settings.worker_id, change.upper(), error.info())
+            monitor.discard_change()
+            return
+        finally:
+            monitor.current = previous
+        monitor.applied(change)
 
     def run(self) -> None:
         while True:
@@ -220,6 +276,10 @@ class Worker:
                 if pair.finished:
                     self.pairs.remove(pair)
                     self.write_status(force=True)
+                    if self.turn_monitor is not None and "ICE" in pair.end_reason:
+                        # A failed TURN allocation shows up as failed ICE.
+                        self.turn_monitor.probe_now()
+            self._update_turn_transport(now)
             self.write_status()
             if self.stopping:
                 if not self.pairs:
@@ -289,7 +349,10 @@ class Worker:
         log.info("call %s: received from %s (%s) to %s, class %s, policy %s",
                  call_id, caller, source, message.request_uri,
                  call_class.split(";", 1)[0] or "unset", account.policy_name)
-        pair.accept_incoming(account, prm.callId)
+        offer = None
+        if message.content_type() == "application/sdp" and message.body.strip():
+            offer = message.body.decode("utf-8", "replace")
+        pair.accept_incoming(account, prm.callId, offer)
         self.write_status(force=True)
 
     def account_for_policy(self, name: str) -> PolicyAccount | None:
