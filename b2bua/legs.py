@@ -20,9 +20,9 @@ import pjsua2 as pj
 
 from b2bua import pjsip_util
 from b2bua.policy import parse_policy_name
-from b2bua.sdp import SdpError, parse_sdp
+from b2bua.sdp import SdpError, SdpLine, SessionDescription, parse_sdp
 from b2bua.sdp_rewrite import ANSWER, LegContext, answer_rejections, compile_rules
-from b2bua.sipmsg import SipMessage
+from b2bua.sipmsg import SipMessage, SipParseError, parse_message
 
 if TYPE_CHECKING:
     from b2bua.worker import PolicyAccount, Worker
@@ -113,6 +113,7 @@ def rewrite_answer(offer_text: str, answer_text: str, policy_name: str) -> str |
     try:
         offer = parse_sdp(offer_text)
         answer = answer_rejections(offer, parse_sdp(answer_text))
+        add_connection_to_rejections(answer)
         if any(section.attribute("encryption") for section in offer.media):
             srtp = parse_policy_name(policy_name).srtp
             rules = compile_rules([{"rule": "encryption", "policy": srtp}])
@@ -121,6 +122,45 @@ def rewrite_answer(offer_text: str, answer_text: str, policy_name: str) -> str |
         log.warning("SDP answer left as pjsua built it: %s", error)
         return None
     return answer.to_text()
+
+
+def add_connection_to_rejections(answer: SessionDescription) -> None:
+    """Give the session the c= line of the live audio when refused m-lines need it.
+
+    pjmedia rejects (and this pjsip build asserts on) an SDP where a media
+    section has no c= line and the session has none either, port 0 or not.
+    A session-level c= keeps the refused m-lines free of any other line.
+    """
+    if answer.connection_address() is not None:
+        return
+    if not any(section.is_rejected and not section.connection_address()
+               for section in answer.media):
+        return
+    address_line = None
+    for section in answer.media:
+        if not section.is_rejected and section.connection_address():
+            address_line = next(line for line in section.lines[1:] if line.kind == "c")
+            break
+    if address_line is None:
+        return
+    # RFC 4566 order: the session c= goes before b= and t=.
+    position = next((index for index, line in enumerate(answer.session)
+                     if line.kind in ("b", "t")), len(answer.session))
+    answer.session.insert(position, SdpLine(address_line.text, address_line.eol))
+    for section in answer.media:
+        if section.is_rejected:
+            section.remove_lines(lambda line: line.kind == "c")
+
+
+def sdp_body(whole_msg: str) -> str | None:
+    """Return the body of a raw SIP message if it is SDP, else None."""
+    try:
+        message = parse_message(whole_msg.encode("utf-8", "surrogateescape"))
+    except SipParseError:
+        return None
+    if message.content_type() != "application/sdp" or not message.body.strip():
+        return None
+    return message.body.decode("utf-8", "replace")
 
 
 class Leg(pj.Call):
@@ -138,6 +178,8 @@ class Leg(pj.Call):
         self.last_reason = ""
         self.audio: Any = None
         self.ice_reported = False
+        # The last SDP offer received on this leg, as text.
+        self.remote_offer: str | None = None
 
     @staticmethod
     def reject_incoming(account: PolicyAccount, call_id: int, status: int,
@@ -175,8 +217,24 @@ class Leg(pj.Call):
             self.pair.on_leg_transport(self, prm.state, prm.status)
 
     @guarded
+    def onCallRxReinvite(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
+        self.remote_offer = sdp_body(prm.rdata.wholeMsg) or self.remote_offer
+
+    @guarded
+    def onCallTsxState(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
+        event = prm.e
+        if event.type != pj.PJSIP_EVENT_TSX_STATE:
+            return
+        body = event.body.tsxState
+        if (body.type == pj.PJSIP_EVENT_RX_MSG and body.tsx.method == "UPDATE"
+                and body.tsx.role == pj.PJSIP_ROLE_UAS):
+            self.remote_offer = sdp_body(body.src.rdata.wholeMsg) or self.remote_offer
+
+    @guarded
     def onCallSdpCreated(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
-        remote = prm.remSdp.wholeSdp
+        # NOTE: pjsua2 hands over an empty remote SDP when it does not fit its
+        # print buffer (seen with SfB offers), so keep our own copy.
+        remote = prm.remSdp.wholeSdp or self.remote_offer or ""
         if not remote:
             # Our own offer: pjsua builds it fresh (audio only, never hold),
             # so nothing of the other leg's SDP leaks into it.
@@ -222,8 +280,10 @@ class CallPair:
 
     # ----- setup -----------------------------------------------------------
 
-    def accept_incoming(self, account: PolicyAccount, pjsua_call_id: int) -> None:
+    def accept_incoming(self, account: PolicyAccount, pjsua_call_id: int,
+                        offer: str | None = None) -> None:
         self.edge = Leg(account, self, "edge", pjsua_call_id)
+        self.edge.remote_offer = offer
         log.info("call %s: routed by rule %s to %s (%s)", self.call_id,
                  self.target.rule or "?", self.target.name,
                  self.target.uri or "built-in")

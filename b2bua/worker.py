@@ -349,7 +349,10 @@ class Worker:
         log.info("call %s: received from %s (%s) to %s, class %s, policy %s",
                  call_id, caller, source, message.request_uri,
                  call_class.split(";", 1)[0] or "unset", account.policy_name)
-        pair.accept_incoming(account, prm.callId)
+        offer = None
+        if message.content_type() == "application/sdp" and message.body.strip():
+            offer = message.body.decode("utf-8", "replace")
+        pair.accept_incoming(account, prm.callId, offer)
         self.write_status(force=True)
 
     def account_for_policy(self, name: str) -> PolicyAccount | None:

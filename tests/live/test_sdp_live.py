@@ -57,13 +57,6 @@ REPLACED_HEADERS = frozenset({
 })
 
 
-# NOTE: a worker aborts (pjsip assertion "Invalid local SDP" in
-# pjsip_inv_verify_request3) when it answers the audio + video + BFCP offer.
-WORKER_ABORTS_ON_BFCP = pytest.mark.xfail(
-    strict=True, reason="the worker aborts on 'Invalid local SDP' when it "
-    "answers an offer with video and BFCP m-lines")
-
-
 # ----- turning a sample into a message for the lab ----------------------------
 
 
@@ -376,7 +369,6 @@ def offered_sdp(run: SippRun) -> str:
 # ----- answers to the samples --------------------------------------------------
 
 
-@WORKER_ABORTS_ON_BFCP
 def test_bfcp_and_slides_refused(b2bua: B2buaLab, tmp_path: Path) -> None:
     run = call_sipp(b2bua, tmp_path, build_invite(b2bua, BFCP_SAMPLE, "echo"))
     _, offer = split_sdp(offered_sdp(run))
@@ -396,9 +388,7 @@ def test_bfcp_and_slides_refused(b2bua: B2buaLab, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("sample", [
-    pytest.param(REMOTE_SAMPLE, marks=pytest.mark.xfail(
-        strict=True, reason="the worker's answer to this offer has no "
-        "a=encryption line although the offer has a=encryption:optional")),
+    REMOTE_SAMPLE,
     LOCAL_SAMPLE,
 ], ids=["sfb-remote", "lync-local"])
 def test_lync_offer_answered(b2bua: B2buaLab, tmp_path: Path, sample: Path) -> None:
@@ -559,7 +549,7 @@ def make_hold_offer(body: str) -> str:
 
 
 @pytest.mark.parametrize("sample,edit", [
-    pytest.param(BFCP_SAMPLE, None, marks=WORKER_ABORTS_ON_BFCP),
+    pytest.param(BFCP_SAMPLE, None),
     (LOCAL_SAMPLE, make_hold_offer),
 ], ids=["bfcp-video", "lync-hold"])
 def test_target_gets_audio_only(b2bua: B2buaLab, tmp_path: Path, sample: Path,
