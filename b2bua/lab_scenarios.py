@@ -3,7 +3,7 @@
 Each scenario places one call through a rig built by b2bua.labrig and
 returns a ScenarioResult. The B2BUA's view (class, ICE pair, setup and ICE
 times) comes from its log; whether RTP flowed both ways comes from a packet
-capture on the caller's own interface, so it holds even when the caller
+capture on the caller's own interface, so it stays valid when the caller
 crashes after hangup.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from b2bua import labrig
-from b2bua.labrig import Rig, RigError, cli_argv, child_env, netns_argv
+from b2bua.labrig import Rig, RigError, child_env, cli_argv, netns_argv
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def edge_uri(user: str, transport: str = "udp") -> str:
 
 
 def scenario_local(rig: Rig) -> ScenarioResult:
-    """A desk phone on the inside LAN calls the trunk: host pair, no relay."""
+    """Call the trunk from a desk phone on the inside LAN: host pair, no relay."""
     report = rig.state_dir / "trunk.jsonl"
     report.unlink(missing_ok=True)
     answer = subprocess.Popen(
@@ -311,11 +311,12 @@ def _wait_listening(process: subprocess.Popen[str]) -> None:
             return
         if not line and process.poll() is not None:
             break
-    raise RigError("the trunk target (b2bua answer) did not start")
+    raise RigError("the trunk target (b2bua answer) did not start listening "
+                   "within 15 s")
 
 
 def scenario_remote_nat(rig: Rig) -> ScenarioResult:
-    """Our user behind a home NAT, with STUN and TURN at the relay's outside leg."""
+    """Call echo as our user behind a home NAT, with STUN and TURN on the relay."""
     relay = f"{labrig.RELAY_WAN_IP}:{labrig.TURN_PORT}"
     result = dial_scenario(
         rig, "remote-nat", "remote", "to-rnat", labrig.REMOTE_IP, "sip:alice@lab.test",
@@ -327,7 +328,7 @@ def scenario_remote_nat(rig: Rig) -> ScenarioResult:
 
 
 def scenario_remote_tcp(rig: Rig) -> ScenarioResult:
-    """Our user behind a NAT that drops all UDP: SIP over TCP, TURN over TCP."""
+    """Call echo from behind a NAT that drops all UDP: SIP and TURN over TCP."""
     result = dial_scenario(
         rig, "remote-udp-blocked", "closed", "to-cnat", labrig.CLOSED_IP,
         "sip:carol@lab.test", edge_uri("echo", "tcp"), "--transport", "tcp",
@@ -339,7 +340,7 @@ def scenario_remote_tcp(rig: Rig) -> ScenarioResult:
 
 
 def scenario_federation(rig: Rig) -> ScenarioResult:
-    """Another domain's user behind its NAT: ICE call, then a BFCP offer by sipp."""
+    """Call echo from another domain behind its NAT, then offer BFCP with sipp."""
     relay = f"{labrig.RELAY_WAN_IP}:{labrig.TURN_PORT}"
     result = dial_scenario(
         rig, "federation", "fed", "to-fnat", labrig.FED_IP, "sip:bob@partner.test",
@@ -387,7 +388,7 @@ def parse_bfcp_answer(trace_text: str) -> tuple[str, str]:
 
 
 def scenario_baresip(rig: Rig) -> ScenarioResult:
-    """baresip with its own ICE stack calls echo from behind the home NAT."""
+    """Call echo with baresip, an independent ICE stack, from behind the home NAT."""
     result = ScenarioResult("baresip-ice")
     folder = rig.state_dir / "baresip"
     folder.mkdir(exist_ok=True)
@@ -401,6 +402,7 @@ def scenario_baresip(rig: Rig) -> ScenarioResult:
     (folder / "accounts").write_text(accounts.replace("@STUN@", stun))
     offset = rig.log_path.stat().st_size
     capture = Capture(rig, "remote", "to-rnat", labrig.REMOTE_IP, "baresip")
+
     output = (folder / "baresip.log").open("w")
     process = subprocess.Popen(
         netns_argv("remote", ["baresip", "-f", str(folder)]),
@@ -411,10 +413,12 @@ def scenario_baresip(rig: Rig) -> ScenarioResult:
         time.sleep(1.0)
         process.stdin.write(f"/dial {edge_uri('echo')}\n")
         process.stdin.flush()
-        lines = wait_for_log(rig, offset, r"ICE completed|ICE failed",
+
+        wait_for_log(rig, offset, r"ICE completed|ICE failed",
                              timeout=BARESIP_ICE_TIMEOUT_S)
         # Let media flow for a while on the pair ICE selected.
         time.sleep(CALL_SECONDS)
+
         process.stdin.write("/hangup\n")
         process.stdin.flush()
         wait_for_log(rig, offset, r"ended \(", timeout=5)
@@ -444,3 +448,15 @@ SCENARIOS: dict[str, Callable[[Rig], ScenarioResult]] = {
     "federation": scenario_federation,
     "baresip-ice": scenario_baresip,
 }
+
+
+def run_all(rig: Rig, names: list[str],
+            report: Callable[[str], Any]) -> list[ScenarioResult]:
+    """Run scenarios by name (all when empty), report each line, append the table."""
+    results = []
+    for name in names or list(SCENARIOS):
+        result = SCENARIOS[name](rig)
+        report(result.line())
+        results.append(result)
+    append_results(rig.results_path, results)
+    return results

@@ -1,4 +1,4 @@
-"""Build and tear down the lab interop rig: NAT topologies in network namespaces.
+r"""Build and tear down the lab interop rig: NAT topologies in network namespaces.
 
 The rig models a site and the internet around it, all inside 10.99.0.0/16:
 
@@ -6,13 +6,13 @@ The rig models a site and the internet around it, all inside 10.99.0.0/16:
                |                    |  \-- cnat --- closed  (NAT that drops UDP)
                +------ relay -------+  \-- fnat --- fed     (another domain)
 
-`inside` runs `b2bua run` and the trunk target, `desk` is a phone on the
-inside LAN; `relay` runs coturn with one
-leg inside and one on the wan, as an A/V edge relay does; `border` forwards
-the B2BUA's SIP port (DNAT) and masquerades the rest of the site; `rnat`,
-`cnat` and `fnat` masquerade their one host, and `cnat` drops all UDP. No
-namespace has a default route: every route covers 10.99.0.0/16 or less, so
-nothing reaches the host or beyond.
+`inside` runs `b2bua run` and the trunk target, and `desk` is a phone on the
+inside LAN. `relay` runs coturn with one leg inside and one on the wan, as an
+A/V edge relay does. `border` forwards the B2BUA's SIP port (DNAT) and
+masquerades the rest of the site. `rnat`, `cnat` and `fnat` masquerade their
+one host each, and `cnat` also drops all UDP. No namespace has a default
+route: every route covers 10.99.0.0/16 or less, so nothing reaches the host
+or beyond.
 
 Namespace names are fixed (`b2blab-<name>`) because `up`, `run` and `down`
 are separate invocations. `up` writes a state file with the pids it started
@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import click
 import yaml
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,7 @@ FIREWALLS: dict[str, list[list[str]]] = {
 
 
 class RigError(RuntimeError):
-    """The rig could not be built, used or removed; the message says why."""
+    """The rig could not be built, used or removed. The message names the cause."""
 
 
 def ns_name(short: str) -> str:
@@ -451,66 +452,85 @@ class Rig:
 # ----- command line ------------------------------------------------------------
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run `up`, `run [SCENARIO...]`, `down` or `list`; return the exit status."""
-    import argparse
-
-    from b2bua import lab_scenarios
-
-    parser = argparse.ArgumentParser(prog="scripts/lab",
-                                     description="lab interop rig (run as root)")
-    parser.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
-                        help=f"state, logs and results (default {DEFAULT_STATE_DIR})")
-    parser.add_argument("-v", "--verbose", action="store_true", help="info logs")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="build the namespaces, start coturn and b2bua run")
-    run = sub.add_parser("run", help="run scenarios (default: all) on a rig that is up")
-    run.add_argument("scenarios", nargs="*", metavar="SCENARIO",
-                     help=f"one of: {', '.join(lab_scenarios.SCENARIOS)}")
-    sub.add_parser("down", help="stop the rig's processes, delete its namespaces")
-    sub.add_parser("list", help="list the scenarios")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+@click.group(help="Lab interop rig: NAT topologies in network namespaces (root).")
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              default=DEFAULT_STATE_DIR, show_default=True,
+              help="Folder for the state file, logs and results table.")
+@click.option("-v", "--verbose", is_flag=True, help="Log each step.")
+@click.pass_context
+def main(ctx: click.Context, state_dir: Path, verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    rig = Rig(args.state_dir)
+    ctx.obj = state_dir
+
+
+def _rig(ctx: click.Context) -> Rig:
     try:
-        if args.command == "up":
-            rig.up()
-            print(f"rig up; logs in {rig.state_dir}")  # noqa: T201
-        elif args.command == "down":
-            deleted = rig.down()
-            print(f"rig down; deleted {len(deleted)} namespaces")  # noqa: T201
-        elif args.command == "list":
-            for name, function in lab_scenarios.SCENARIOS.items():
-                summary = (function.__doc__ or "").strip().splitlines()[0]
-                print(f"{name}: {summary}")  # noqa: T201
-        else:
-            return run_scenarios(rig, args.scenarios)
+        return Rig(ctx.obj)
     except RigError as exc:
-        print(f"error: {exc}", file=sys.stderr)  # noqa: T201
-        return 1
-    return 0
+        raise click.ClickException(str(exc)) from exc
 
 
-def run_scenarios(rig: Rig, names: list[str]) -> int:
-    """Run scenarios, print their result lines and append them to the table."""
+@main.command("up")
+@click.pass_context
+def up_command(ctx: click.Context) -> None:
+    """Build the namespaces, then start coturn and `b2bua run`."""
+    rig = _rig(ctx)
+    try:
+        rig.up()
+    except RigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"rig up; logs in {rig.state_dir}")
+
+
+@main.command("down")
+@click.pass_context
+def down_command(ctx: click.Context) -> None:
+    """Stop the rig's processes and delete its namespaces."""
+    try:
+        deleted = _rig(ctx).down()
+    except RigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"rig down; deleted {len(deleted)} namespaces")
+
+
+@main.command("list")
+def list_command() -> None:
+    """List the scenarios."""
     from b2bua import lab_scenarios
 
-    unknown = [name for name in names if name not in lab_scenarios.SCENARIOS]
+    for name, function in lab_scenarios.SCENARIOS.items():
+        summary = (function.__doc__ or "").strip().splitlines()[0]
+        click.echo(f"{name}: {summary}")
+
+
+@main.command("run")
+@click.argument("scenarios", nargs=-1)
+@click.pass_context
+def run_command(ctx: click.Context, scenarios: tuple[str, ...]) -> None:
+    """Run SCENARIOS (default: all) on a rig that is up.
+
+    Prints one result line per scenario and appends them to results.md in
+    the state folder. Exit status 1 when a scenario failed.
+    """
+    from b2bua import lab_scenarios
+
+    rig = _rig(ctx)
+    unknown = [name for name in scenarios if name not in lab_scenarios.SCENARIOS]
     if unknown:
-        raise RigError(f"unknown scenario {', '.join(unknown)}; known: "
-                       f"{', '.join(lab_scenarios.SCENARIOS)}")
+        raise click.BadParameter(
+            f"unknown scenario {', '.join(unknown)}; known: "
+            f"{', '.join(lab_scenarios.SCENARIOS)}", param_hint="SCENARIO")
     if not rig.is_up():
-        raise RigError("the rig is not up; run `scripts/lab up` first")
-    results = []
-    for name in names or list(lab_scenarios.SCENARIOS):
-        result = lab_scenarios.SCENARIOS[name](rig)
-        print(result.line(), flush=True)  # noqa: T201
-        results.append(result)
-    lab_scenarios.append_results(rig.results_path, results)
-    print(f"results appended to {rig.results_path}")  # noqa: T201
-    return 0 if all(result.passed for result in results) else 1
+        raise click.ClickException("the rig is not up; run `scripts/lab up` first")
+    try:
+        results = lab_scenarios.run_all(rig, list(scenarios), click.echo)
+    except RigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"results appended to {rig.results_path}")
+    if not all(result.passed for result in results):
+        ctx.exit(1)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main(prog_name="scripts/lab")
