@@ -219,3 +219,31 @@ def test_split_server_rejects_bad_port() -> None:
 def test_probe_result_rounds_rtt() -> None:
     result = probe.ProbeResult("stun", "10.0.0.1:3478", "udp", ok=True, rtt_ms=1.23456)
     assert result.to_dict()["rtt_ms"] == 1.2
+
+
+@pytest.mark.parametrize(
+    ("configured", "expected"),
+    [
+        ("udp", ["udp", "tcp", "tls"]),
+        ("tcp", ["tcp", "udp", "tls"]),
+        ("tls", ["tls", "udp", "tcp"]),
+    ],
+)
+def test_transport_order(configured: str, expected: list[str]) -> None:
+    assert probe.transport_order(configured) == expected
+
+
+@pytest.mark.parametrize(
+    ("server", "configured", "transport", "expected"),
+    [
+        ("10.0.0.1:3479", "udp", "udp", "10.0.0.1:3479"),
+        ("10.0.0.1:3479", "udp", "tcp", "10.0.0.1:3479"),
+        ("10.0.0.1:3479", "udp", "tls", "10.0.0.1:5349"),
+        ("10.0.0.1:443", "tls", "tls", "10.0.0.1:443"),
+        ("10.0.0.1:443", "tls", "udp", "10.0.0.1:3478"),
+        ("[2001:db8::1]:3478", "tcp", "tls", "[2001:db8::1]:5349"),
+    ],
+)
+def test_server_for_transport(server: str, configured: str, transport: str,
+                              expected: str) -> None:
+    assert probe.server_for_transport(server, configured, transport) == expected
