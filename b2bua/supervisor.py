@@ -24,6 +24,7 @@ from typing import Any
 from b2bua import policy as media_policy
 from b2bua.config import Config, resolve_media_address
 from b2bua.edge import kamcfg
+from b2bua.edge.dialogs import EdgeDialog, parse_dialog_list
 
 log = logging.getLogger("b2bua.supervisor")
 
@@ -33,6 +34,8 @@ POLL_INTERVAL_S = 0.2
 STOP_TIMEOUT_S = 8.0
 # Restarting faster than this after a crash loop would only burn CPU.
 MAX_RESTART_BACKOFF_S = 10.0
+WORKER_FAILED_REASON = 'SIP;cause=500;text="media worker failed"'
+WORKER_FAILED_RETRY_AFTER_S = 2
 
 
 _KAMAILIO_LINE = re.compile(
@@ -298,29 +301,49 @@ class Supervisor:
         child.next_start = now + backoff
 
     def _drop_worker_calls(self, child: Child) -> None:
-        """End a dead worker's dialogs at the edge and stop sending it calls."""
+        """End a dead worker's dialogs at the edge and stop sending it calls.
+
+        Confirmed calls get a BYE to their far ends from the dialog module.
+        A caller whose call is still being set up gets 503 with Retry-After,
+        because the dialog module cannot end unconfirmed dialogs and the
+        caller would otherwise wait for tm's INVITE timer.
+        """
         uri = child.extra["uri"]
         self._rpc("dispatcher.set_state", "ip", "1", uri)
-        ended = 0
-        for h_entry, h_id in self._worker_dialogs(child.name):
-            if self._rpc("dlg.end_dlg", str(h_entry), str(h_id),
-                         'Reason: SIP;cause=500;text="media worker failed"\r\n'):
-                ended += 1
-        log.warning("%s: ended %d dialog(s) of the failed worker at the edge",
-                    child.name, ended)
+        worker = self.runtime["workers"][self.children.index(child)]
+        ended = rejected = failed = 0
+        for dialog in self._worker_dialogs(child.name):
+            if dialog.confirmed:
+                done = self._rpc("dlg.end_dlg", str(dialog.h_entry),
+                                 str(dialog.h_id),
+                                 f"Reason: {WORKER_FAILED_REASON}\r\n")
+                ended += done
+            elif dialog.in_setup and not dialog.caller_is(worker["address"],
+                                                          int(worker["port"])):
+                # kamcmd turns numeric arguments into integers; "s:" keeps
+                # them strings, and the empty body keeps the RPC from failing.
+                done = self._rpc(
+                    "tm.reply_callid", "503", "Worker Failed",
+                    f"s:{dialog.call_id}", f"s:{dialog.caller_cseq}",
+                    f"s:edge{dialog.h_entry}x{dialog.h_id}",
+                    f"s:Retry-After: {WORKER_FAILED_RETRY_AFTER_S}\r\n"
+                    f"Reason: {WORKER_FAILED_REASON}\r\n", "s:")
+                rejected += done
+            else:
+                # NOTE: the dead worker's ringing outgoing legs ring on until
+                # tm's INVITE timer, because tm.reply_callid fails on them.
+                continue
+            if not done:
+                failed += 1
+                log.warning("%s: could not end call %s (dialog state %d) at the "
+                            "edge", child.name, dialog.call_id, dialog.state)
+        log.warning("%s: ended %d call(s) and rejected %d call setup(s) of the "
+                    "failed worker at the edge; %d failed",
+                    child.name, ended, rejected, failed)
 
-    def _worker_dialogs(self, worker_id: str) -> list[tuple[int, int]]:
+    def _worker_dialogs(self, worker_id: str) -> list[EdgeDialog]:
         output = self._rpc_output("dlg.profile_list", "worker_any", worker_id)
-        dialogs = []
-        entry: int | None = None
-        for line in output.splitlines():
-            key, _, value = line.strip().partition(":")
-            if key == "h_entry":
-                entry = int(value.strip())
-            elif key == "h_id" and entry is not None:
-                dialogs.append((entry, int(value.strip())))
-                entry = None
-        return dialogs
+        return parse_dialog_list(output)
 
     def _rpc_output(self, *args: str) -> str:
         ok, output = self._rpc_call(args)
@@ -341,6 +364,10 @@ class Supervisor:
             return False, ""
         if result.returncode != 0:
             log.debug("edge RPC %s: %s", args[0], result.stderr.strip())
+            return False, ""
+        # kamcmd exits 0 when the RPC itself fails and prints the error.
+        if result.stdout.startswith("error:"):
+            log.debug("edge RPC %s: %s", args[0], result.stdout.strip())
             return False, ""
         return True, result.stdout
 
