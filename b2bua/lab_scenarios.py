@@ -333,6 +333,8 @@ def scenario_remote_tcp(rig: Rig) -> ScenarioResult:
         rig, "remote-udp-blocked", "closed", "to-cnat", labrig.CLOSED_IP,
         "sip:carol@lab.test", edge_uri("echo", "tcp"), "--transport", "tcp",
         "--relay-only", *relay_args(rig, "tcp"))
+    # The caller's NAT drops UDP, so its half of the relay path is TCP.
+    result.notes.append("caller leg TURN over tcp")
     result.notes.append("B2BUA-side TURN/TCP fallback: pending")
     result.passed = (result.call_class == "remote" and result.pair.endswith("relay")
                      and result.rtp_both_ways)
