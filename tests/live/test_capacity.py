@@ -260,19 +260,48 @@ def test_killed_worker_ends_only_its_calls(b2bua: B2buaLab) -> None:
     for delay in bye_delays:
         assert delay < MAX_BYE_DELAY_S, bye_delays
 
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        pids = worker_pids(b2bua)
-        if pids.get(victim["worker"], victim["pid"]) != victim["pid"]:
-            break
-        time.sleep(0.3)
+    wait_restarted(b2bua, victim)
     pids = worker_pids(b2bua)
-    assert pids[victim["worker"]] != victim["pid"], "the worker was not restarted"
     survivors = {w: p for w, p in pids_before.items() if w != victim["worker"]}
     assert {w: pids[w] for w in survivors} == survivors, "another worker restarted"
-    # The edge probes the restarted worker before it gets calls again.
-    time.sleep(3.0)
     assert_capacity_free(b2bua)
+
+
+def test_killed_worker_rejects_ringing_call(b2bua: B2buaLab, tmp_path: Path) -> None:
+    answer = b2bua.start_answer(5092, tmp_path / "answer.jsonl", "--no-ice",
+                                "--ring", "60", "--calls", "1")
+    try:
+        call = b2bua.start_dial("slow", "--timeout", "30")
+        wait_bridged(b2bua, 1)
+        time.sleep(0.5)  # the slow target answers 408 after 3 s
+        victim = next(s for s in b2bua.worker_status() if s["bridged_calls"])
+        killed_at = time.time()
+        os.kill(victim["pid"], signal.SIGKILL)
+        [(code, report, exited_at)] = finish_calls_timed([call], timeout=45)
+    finally:
+        answer.terminate()
+        answer.wait(10)
+    assert code == 1
+    assert report["answered"] is False
+    assert report["status"] == 503, report
+    assert report["reason"] == "Worker Failed", report
+    assert exited_at - killed_at < MAX_BYE_DELAY_S, "the caller waited for a timeout"
+    wait_restarted(b2bua, victim)
+
+
+def wait_restarted(b2bua: B2buaLab, victim: dict[str, Any]) -> None:
+    """Wait until the killed worker runs again and the edge probed it."""
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        pid = worker_pids(b2bua).get(victim["worker"], victim["pid"])
+        if pid != victim["pid"]:
+            break
+        time.sleep(0.3)
+    assert worker_pids(b2bua)[victim["worker"]] != victim["pid"], (
+        "the worker was not restarted")
+    # The edge marks a worker active again after its next OPTIONS probe
+    # (every 2 s).
+    time.sleep(3.0)
 
 
 def test_burst_of_100_calls(b2bua: B2buaLab, tmp_path: Path) -> None:
