@@ -30,6 +30,7 @@ from b2bua.classify import (
     encode_class_header,
 )
 from b2bua.dialplan import Dialplan, NoRoute
+from b2bua.edge.ratelimit import setup_window
 from b2bua.sdp import SdpError
 from b2bua.sdp_rewrite import (
     OFFER,
@@ -417,7 +418,8 @@ class EdgeHandler:
         to the call's tried list. Runs under an htable lock so that two
         Kamailio children cannot both see the same free slot.
         """
-        second = int(time.time())
+        now = time.time()
+        window = setup_window(float(self.runtime.get("max_setups_per_second", 4)))
         KSR.htable.sht_lock("workerlock", "pick")
         try:
             candidates = []
@@ -436,7 +438,7 @@ class EdgeHandler:
                 candidates.append((load, offset, worker))
             candidates.sort(key=lambda item: (item[0], item[1]))
             for _load, _offset, worker in candidates:
-                key = f"{worker['id']}:{second}"
+                key = window.key(worker["id"], now)
                 # NOTE: the rate limit keeps pjlib's 64-entry socket table from
                 # running dry; see docs/limitations.md.
                 setups = KSR.htable.sht_inc("setups", key)
@@ -445,7 +447,7 @@ class EdgeHandler:
                     # without a working rate limit is not safe to use.
                     KSR.err(f"edge: setup counter {key} failed ({setups})\n")
                     continue
-                if setups > self.max_setups:
+                if setups > window.limit:
                     continue
                 if KSR.dialog.is_known_dlg() < 0:
                     KSR.dialog.dlg_manage()
