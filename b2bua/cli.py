@@ -10,6 +10,7 @@ import sys
 import click
 
 from b2bua.answer import answer_command
+from b2bua.cli_check import check_command
 from b2bua.cli_classify import classify_command
 from b2bua.cli_sdp import sdp_command
 from b2bua.config import ConfigError, check_config_command, load_config
@@ -68,6 +69,8 @@ def status_command(config_path: str | None, as_json: bool) -> None:
                 workers.append(json.load(handle))
         except (OSError, ValueError):
             continue
+    for worker in workers:
+        worker["running"] = _pid_alive(int(worker.get("pid", 0)))
     if as_json:
         click.echo(json.dumps({"workers": workers}))
         return
@@ -75,6 +78,10 @@ def status_command(config_path: str | None, as_json: bool) -> None:
         click.echo(f"no worker status in {folder}; is `b2bua run` running?")
         sys.exit(1)
     for worker in workers:
+        if not _pid_alive(int(worker.get("pid", 0))):
+            click.echo(f"{worker['worker']}: not running (stale status of pid "
+                       f"{worker.get('pid')})")
+            continue
         click.echo(
             f"{worker['worker']}: pid {worker['pid']}, "
             f"{worker['bridged_calls']} bridged call(s), "
@@ -85,7 +92,20 @@ def status_command(config_path: str | None, as_json: bool) -> None:
         )
 
 
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 main.add_command(check_config_command)
+main.add_command(check_command)
 main.add_command(classify_command)
 main.add_command(sdp_command)
 main.add_command(dial_command)

@@ -97,6 +97,8 @@ class TurnServer:
     transport: str
     username: str
     password: str = field(repr=False)
+    # Check the server's TLS certificate against the system CAs.
+    tls_verify: bool = True
 
 
 @dataclass(frozen=True)
@@ -300,7 +302,7 @@ def _check_stun(value: Any, path: KeyPath) -> str:
     return _host_port(value, path, 3478)
 
 
-_TURN_KEYS = ("server", "transport", "username", "password")
+_TURN_KEYS = ("server", "transport", "username", "password", "tls_verify")
 _check_turn_transport = enum_checker("udp", "tcp", "tls")
 
 
@@ -321,6 +323,7 @@ def _check_turn(value: Any, path: KeyPath) -> TurnServer:
         transport=transport,
         username=check_str(entry["username"], path + ("username",)),
         password=check_str(entry["password"], path + ("password",)),
+        tls_verify=check_bool(entry.get("tls_verify", True), path + ("tls_verify",)),
     )
 
 

@@ -63,7 +63,7 @@ def demo_command(target: str, duration: float, hold: bool) -> None:
     """Run the built-in default in a namespace and place a call through it."""
     if os.geteuid() != 0:
         raise click.ClickException(
-            "the demo creates network namespaces: run it as root (sudo b2bua demo)")
+            "the demo creates network namespaces: run it as root (b2bua demo as root)")
     for stale in cleanup_stale(DEMO_PREFIX):
         click.echo(f"removed namespace {stale} left by an earlier demo")
     runtime_dir = "/tmp/b2bua-run"
@@ -94,8 +94,9 @@ def demo_command(target: str, duration: float, hold: bool) -> None:
             if hold and ok:
                 click.echo(
                     "B2BUA running; place calls with:\n"
-                    f"  sudo ip netns exec {node.name} b2bua dial "
-                    "sip:tone@127.0.0.1:5060\nCtrl-C stops it."
+                    f"  ip netns exec {node.name} b2bua dial "
+                    "sip:tone@127.0.0.1:5060 --from sip:demo@localhost\n"
+                    "Ctrl-C stops it."
                 )
                 try:
                     run.wait()

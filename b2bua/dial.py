@@ -9,6 +9,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -178,10 +179,13 @@ def call_report(call: ToneCall) -> dict[str, Any]:
     return report
 
 
-def place_call(opts: DialOptions) -> dict[str, Any]:
+def place_call(opts: DialOptions,
+               emit: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Place one call, play a tone, hang up and return the report dict.
 
-    Raises pj.Error when pjsip rejects the setup (bad transport, bad URI).
+    `emit` receives the report before pjsip shuts down, so that a crash in
+    pjsip's teardown cannot lose it. Raises pj.Error when pjsip rejects the
+    setup (bad transport, bad URI).
     """
     stun = [opts.stun] if opts.stun else []
     ep = pjsip_util.create_endpoint(stun_servers=stun)
@@ -214,7 +218,11 @@ def place_call(opts: DialOptions) -> dict[str, Any]:
         holders["account"] = account
         call = ToneCall(account, loop, DIAL_TONE_HZ)
         holders["call"] = call
-        return _run_call(opts, loop, call)
+        report = _run_call(opts, loop, call)
+        if emit is not None:
+            # NOTE: pjnath 2.15.1 can segfault tearing down TURN over TCP.
+            emit(report)
+        return report
     except pj.Error as exc:
         # Turned into a report here, because a live exception keeps the call
         # object alive past libDestroy through its traceback.
@@ -424,8 +432,16 @@ def dial_command(
         timeout=timeout,
         hangup=hangup,
     )
+    emitted: list[dict[str, Any]] = []
+
+    def emit(report: dict[str, Any]) -> None:
+        code = exit_code(report, hangup)
+        click.echo(json.dumps(report) if as_json else format_text(report))
+        sys.stdout.flush()
+        emitted.append({"code": code})
+
     try:
-        report = place_call(opts)
+        report = place_call(opts, emit)
     except pj.Error as exc:
         report = empty_report()
         report["error"] = f"pjsip failed: {exc.info()}"
@@ -434,10 +450,8 @@ def dial_command(
         report = empty_report()
         report["error"] = f"dial failed: {exc}"
     code = exit_code(report, hangup)
-    if as_json:
-        click.echo(json.dumps(report))
-    else:
-        click.echo(format_text(report))
+    if not emitted:
+        click.echo(json.dumps(report) if as_json else format_text(report))
     sys.exit(code)
 
 

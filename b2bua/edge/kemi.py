@@ -17,6 +17,7 @@ the call load per worker in dialog profiles, both in shared memory.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -58,9 +59,32 @@ WARNING_AGENT = "b2bua-edge"
 INCOMING_OFFER_RULES = [{"rule": "choose_crypto"}]
 
 
+class KsrLogHandler(logging.Handler):
+    """Send the package's Python log records to Kamailio's log."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record).replace("\n", " ") + "\n"
+            if record.levelno >= logging.ERROR:
+                KSR.err(text)
+            elif record.levelno >= logging.WARNING:
+                KSR.warn(text)
+            elif record.levelno >= logging.INFO:
+                KSR.info(text)
+            else:
+                KSR.dbg(text)
+        except Exception:  # noqa: BLE001 - logging must never break routing
+            self.handleError(record)
+
+
 def create_handler(runtime_file: str) -> EdgeHandler:
     with open(runtime_file, encoding="utf-8") as handle:
         runtime = json.load(handle)
+    package_logger = logging.getLogger("b2bua")
+    package_logger.addHandler(KsrLogHandler())
+    package_logger.setLevel(
+        logging.DEBUG if runtime.get("log_level") == "debug" else logging.INFO)
+    package_logger.propagate = False
     return EdgeHandler(runtime)
 
 
@@ -260,8 +284,7 @@ class EdgeHandler:
         classification = classify(message, source_ip, self.classify_policy)
         class_header = encode_class_header(classification)
         call_class = classification.call_class
-        for warning in classification.warnings:
-            KSR.warn(f"call {call_id}: {warning}\n")
+        # classify() logs its own warnings, rate-limited, through KsrLogHandler.
         KSR.info(f"call {call_id}: classified {call_class}: "
                  f"{classification.reason}\n")
         rejection = check_federation(classification, message, self.classify_policy)
