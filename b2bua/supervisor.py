@@ -99,7 +99,7 @@ def build_runtime(cfg: Config, media_address: str) -> dict[str, Any]:
         })
     turn = [
         {"server": t.server, "transport": t.transport, "username": t.username,
-         "password": t.password, "tls_verify": getattr(t, "tls_verify", True)}
+         "password": t.password, "tls_verify": t.tls_verify}
         for t in cfg.ice.turn
     ]
     classes = {
