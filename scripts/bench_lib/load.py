@@ -14,7 +14,6 @@ from .rig import (
     CALLER_MEDIA_PORT,
     CALLER_MEDIA_SPAN,
     CALLER_SIP_PORT,
-    EDGE_PORT,
     SIPP_DIR,
     TARGET_SIP_PORT,
     Rig,
@@ -73,12 +72,13 @@ class CallerRun:
         return times
 
 
-def start_callers(rig: Rig, folder: Path, remote: str, calls: int, rate: float,
-                  hold_s: float, processes: int, direct: bool = False) -> CallerRun:
+def start_callers(rig: Rig, folder: Path, remote: str, port: int | None,
+                  calls: int, rate: float, hold_s: float,
+                  processes: int) -> CallerRun:
     """Start ``processes`` sipp callers sharing ``calls`` at ``rate`` calls/s.
 
-    Caller k dials user t<k>. With ``direct`` caller k sends to target k's
-    own port (no B2BUA), else to ``remote``.
+    Caller k dials user t<k> at ``remote:port``. With ``port`` None, caller
+    k sends straight to target k's own port (no system in between).
     """
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "bench_tone.pcmu").write_bytes((rig.workdir / "bench_tone.pcmu")
@@ -89,16 +89,20 @@ def start_callers(rig: Rig, folder: Path, remote: str, calls: int, rate: float,
     for k, count in enumerate(per_process):
         if count == 0:
             continue
-        port = TARGET_SIP_PORT + k if direct else EDGE_PORT
+        to_port = TARGET_SIP_PORT + k if port is None else port
         argv = [
-            "sipp", f"{remote}:{port}", "-sf", str(SIPP_DIR / "bench_uac.xml"),
+            "sipp", f"{remote}:{to_port}", "-sf", str(SIPP_DIR / "bench_uac.xml"),
             "-s", f"t{k}", "-i", rig.load_ip, "-p", str(CALLER_SIP_PORT + k),
             "-mi", rig.load_ip, "-mp", str(CALLER_MEDIA_PORT + k * CALLER_MEDIA_SPAN),
             "-m", str(count), "-r", f"{max(rate * count / calls, 0.1):.3f}",
             "-rp", "1000", "-d", str(int(hold_s * 1000)), "-nostdin",
             "-timeout", f"{int(hold_s + count / max(rate, 0.1) + 60)}s",
             "-recv_timeout", "10000", "-trace_stat", "-fd", "1",
-            "-trace_rtt", "-rtt_freq", "1",
+            "-trace_rtt", "-rtt_freq", "1", "-trace_err",
+            # The workers may send a 183 with SDP just before the 200 OK, and
+            # Kamailio can deliver it after the 200; RFC 3261 UAs ignore it.
+            # A 503 or a lost answer still fails the call, by recv_timeout.
+            "-default_behaviors", "all,-abortunexp",
         ]
         run.processes.append(rig.load.popen(
             argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

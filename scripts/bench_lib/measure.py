@@ -7,7 +7,7 @@ function here is testable with strings.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -29,27 +29,6 @@ def parse_udp_snmp(text: str) -> dict[str, int]:
         raise ValueError("no Udp: header and value lines in /proc/net/snmp text")
     names, values = rows[0][1:], rows[1][1:]
     return {name: int(value) for name, value in zip(names, values)}
-
-
-def udp_socket_drops(text: str) -> int:
-    """Sum the ``drops`` column of /proc/net/udp text over all sockets."""
-    lines = text.splitlines()
-    if not lines:
-        return 0
-    header = lines[0].split()
-    try:
-        column = header.index("drops")
-    except ValueError as exc:
-        raise ValueError("no drops column in /proc/net/udp header") from exc
-    # The header names "tx_queue rx_queue" and "tr tm->when" as two columns
-    # each but the rows write them as one field, so count from the right.
-    from_right = len(header) - column
-    total = 0
-    for line in lines[1:]:
-        fields = line.split()
-        if len(fields) >= from_right:
-            total += int(fields[-from_right])
-    return total
 
 
 def cpu_ticks(stat_text: str) -> int:
@@ -126,6 +105,12 @@ class LinkCounters:
     rx_dropped: int
 
 
+def udp_receive_errors(before: dict[str, int], after: dict[str, int]) -> int:
+    """Count datagrams the namespace's sockets dropped (full buffer or bad sum)."""
+    return sum(after.get(key, 0) - before.get(key, 0)
+               for key in ("RcvbufErrors", "InErrors"))
+
+
 def media_loss(before: LinkCounters, after: LinkCounters,
                udp_before: dict[str, int], udp_after: dict[str, int]) -> float:
     """Estimate the fraction of media packets the edge namespace lost.
@@ -138,9 +123,8 @@ def media_loss(before: LinkCounters, after: LinkCounters,
     if received <= 0:
         return 0.0
     sent = after.tx_packets - before.tx_packets
-    dropped = (after.rx_dropped - before.rx_dropped) + sum(
-        udp_after.get(key, 0) - udp_before.get(key, 0)
-        for key in ("RcvbufErrors", "InErrors"))
+    dropped = (after.rx_dropped - before.rx_dropped
+               + udp_receive_errors(udp_before, udp_after))
     shortfall = max(0, received - sent)
     return max(shortfall, dropped) / received
 
@@ -150,7 +134,3 @@ def cpu_percent(ticks: int, seconds: float, ticks_per_second: int) -> float:
     if seconds <= 0:
         return 0.0
     return 100.0 * ticks / ticks_per_second / seconds
-
-
-def sum_ints(values: Iterable[int]) -> int:
-    return sum(values)

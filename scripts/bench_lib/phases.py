@@ -14,7 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from . import load, measure
-from .rig import EDGE_PORT, REPO, TURN_PASSWORD, TURN_USER, Rig, Usage, usage_between
+from .rig import (
+    EDGE_ICE_PORT,
+    EDGE_PORT,
+    REPO,
+    TURN_PASSWORD,
+    TURN_USER,
+    Rig,
+    Usage,
+    usage_between,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +31,19 @@ MAX_LOSS = 0.001
 MAX_FAILED = 0.001
 # Calls take this long past their own setup to be bridged and streaming.
 SETTLE_S = 3.0
+# Where the callers of each system under test send their INVITEs; "direct"
+# callers reach their sipp target's own port.
+SYSTEM_PORTS: dict[str, int | None] = {
+    "direct": None, "b2bua": EDGE_PORT, "b2bua+ICE": EDGE_ICE_PORT,
+    "relay": EDGE_PORT,
+}
+
+
+def caller_address(rig: Rig, system: str) -> tuple[str, int | None]:
+    """Return the address and port the callers of ``system`` dial."""
+    base = system.split(" ")[0]
+    remote = rig.load_ip if base == "direct" else rig.edge_ip
+    return remote, SYSTEM_PORTS[base]
 
 
 @dataclass
@@ -42,13 +64,14 @@ class Settings:
     @classmethod
     def for_mode(cls, quick: bool, setups_per_worker: float) -> Settings:
         if quick:
-            return cls(True, 5.0, [4, 8], 8.0, [], [8.0], 5.0, 1.0,
-                       setups_per_worker, 4)
+            return cls(True, 4.0, [8], 8.0, [], [8.0], 4.0, 1.0,
+                       setups_per_worker, 2)
         return cls(False, 60.0, [50, 100, 200, 300, 350, 400, 450, 500], 25.0,
                    [0.25, 0.5, 0.75, 1.0], [25.0, 50.0, 100.0, 150.0], 60.0, 1.0,
                    setups_per_worker, 20)
 
     def workers_needed(self) -> int:
+        """Size the pool for the top step and the top rate (2 calls a worker)."""
         held = math.ceil(max(self.ramp_steps) / 2)
         top_rate = max(self.setup_rates)
         by_rate = math.ceil(top_rate / self.setups_per_worker * 1.25)
@@ -98,7 +121,8 @@ def hold_step(rig: Rig, system: str, calls: int, settings: Settings,
     ramp_s = calls / settings.ramp_rate
     hold_s = ramp_s + SETTLE_S + settings.hold_window_s + 2.0
     log.info("%s: holding %d calls (%d sipp callers)", system, calls, processes)
-    run = load.start_callers(rig, folder, rig.edge_ip, calls, settings.ramp_rate,
+    remote, port = caller_address(rig, system)
+    run = load.start_callers(rig, folder, remote, port, calls, settings.ramp_rate,
                              hold_s, processes)
     time.sleep(ramp_s + SETTLE_S)
     bridged = None
@@ -155,15 +179,15 @@ def wait_idle(rig: Rig, system: str, timeout: float = 30.0) -> None:
 
 
 def setup_rate(rig: Rig, system: str, rate: float, settings: Settings,
-               folder: Path, direct: bool = False) -> RateResult:
+               folder: Path) -> RateResult:
     """Place calls at ``rate`` per second for one window; short hold, RTP on."""
     calls = max(1, int(rate * settings.setup_window_s))
     in_flight = math.ceil(rate * (settings.setup_hold_s + 1.0))
     processes = load.targets_for(in_flight)
     log.info("%s: %d calls at %.0f/s", system, calls, rate)
-    remote = rig.load_ip if direct else rig.edge_ip
-    run = load.start_callers(rig, folder, remote, calls, rate, settings.setup_hold_s,
-                             processes, direct=direct)
+    remote, port = caller_address(rig, system)
+    run = load.start_callers(rig, folder, remote, port, calls, rate,
+                             settings.setup_hold_s, processes)
     first = rig.sample()
     run.wait(settings.setup_window_s + settings.setup_hold_s + 60)
     last = rig.sample()
@@ -176,13 +200,13 @@ def setup_rate(rig: Rig, system: str, rate: float, settings: Settings,
     return result
 
 
-def rate_sweep(rig: Rig, system: str, settings: Settings, folder: Path,
-               direct: bool = False) -> list[RateResult]:
+def rate_sweep(rig: Rig, system: str, settings: Settings,
+               folder: Path) -> list[RateResult]:
     """Raise the setup rate until a run fails more than the allowed fraction."""
     results = []
     for rate in settings.setup_rates:
         result = setup_rate(rig, system, rate, settings,
-                            folder / f"{system}-rate-{rate:.0f}", direct)
+                            folder / f"{system}-rate-{rate:.0f}")
         results.append(result)
         if not result.ok:
             break
@@ -208,7 +232,7 @@ def ice_dials(rig: Rig, count: int, relay_only: bool) -> IceResult:
         batch = []
         for _ in range(min(4, remaining)):
             argv = [sys.executable, "-m", "b2bua.cli", "dial",
-                    f"sip:t0@{rig.edge_ip}:{EDGE_PORT}", "--bind", rig.load_ip,
+                    f"sip:t0@{rig.edge_ip}:{EDGE_ICE_PORT}", "--bind", rig.load_ip,
                     "--from", f"sip:ice@{rig.load_ip}", "--json", "--ice",
                     "--duration", "1", "--timeout", "10", *extra]
             batch.append(rig.load.popen(argv, stdout=subprocess.PIPE,

@@ -84,24 +84,22 @@ failure_route[RELAY_FAILED] {{
 def start_relay(rig: Rig, folder: Path) -> list[subprocess.Popen[bytes]]:
     """Start rtpengine and Kamailio in the edge namespace; return both."""
     folder.mkdir(parents=True, exist_ok=True)
-    rtpengine_log = open(folder / "rtpengine.log", "ab")
-    rtpengine = rig.edge.popen(
-        [RTPENGINE, "--foreground", "--log-stderr", "--table=-1",
-         f"--interface={rig.edge_ip}", f"--listen-ng=127.0.0.1:{NG_PORT}",
-         "--port-min=30000", "--port-max=39999", "--log-level=3",
-         f"--pidfile={folder / 'rtpengine.pid'}"],
-        stdout=rtpengine_log, stderr=subprocess.STDOUT)
-    rtpengine_log.close()
+    with open(folder / "rtpengine.log", "ab") as rtpengine_log:
+        rtpengine = rig.edge.popen(
+            [RTPENGINE, "--foreground", "--log-stderr", "--table=-1",
+             f"--interface={rig.edge_ip}", f"--listen-ng=127.0.0.1:{NG_PORT}",
+             "--port-min=30000", "--port-max=39999", "--log-level=3",
+             f"--pidfile={folder / 'rtpengine.pid'}"],
+            stdout=rtpengine_log, stderr=subprocess.STDOUT)
     cfg = folder / "relay.cfg"
     cfg.write_text(RELAY_CFG.format(
         edge_ip=rig.edge_ip, edge_port=EDGE_PORT, ng_port=NG_PORT,
         target_port=TARGET_SIP_PORT, load_ip=rig.load_ip))
-    kamailio_log = open(folder / "kamailio.log", "ab")
-    kamailio = rig.edge.popen(
-        [KAMAILIO, "-DD", "-E", "-f", str(cfg), "-Y", str(folder),
-         "-m", "256", "-M", "16"],
-        stdout=kamailio_log, stderr=subprocess.STDOUT)
-    kamailio_log.close()
+    with open(folder / "kamailio.log", "ab") as kamailio_log:
+        kamailio = rig.edge.popen(
+            [KAMAILIO, "-DD", "-E", "-f", str(cfg), "-Y", str(folder),
+             "-m", "256", "-M", "16"],
+            stdout=kamailio_log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         for process in (rtpengine, kamailio):

@@ -53,27 +53,29 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def hold_table(results: list[HoldResult]) -> list[str]:
+def hold_table(results: list[HoldResult], idle: dict[str, Usage]) -> list[str]:
+    """Tabulate held-call steps; per-call figures are above the system's idle."""
     lines = [
-        "| system | calls | held | failed | loss % | CPU % of one core | "
-        "CPU %/call | PSS MB | PSS MB/call | RSS MB |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ("| system | calls | held | failed | loss % | UDP receive errors | "
+        "CPU % of one core | CPU % per call | PSS MB | PSS MB per call | RSS MB |"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         u = r.usage
-        per_call = r.calls or 1
+        base = idle["relay" if r.system.startswith("relay") else "b2bua"]
+        calls = r.calls or 1
         lines.append(
             f"| {r.system} | {r.calls} | {r.counts.succeeded} | {r.counts.failed} | "
-            f"{u.loss * 100:.3f} | {u.cpu_percent:.1f} | "
-            f"{u.cpu_percent / per_call:.3f} | {u.pss_mb:.0f} | "
-            f"{u.pss_mb / per_call:.2f} | {u.rss_mb:.0f} |")
+            f"{u.loss * 100:.3f} | {u.udp_errors} | {u.cpu_percent:.1f} | "
+            f"{(u.cpu_percent - base.cpu_percent) / calls:.3f} | {u.pss_mb:.0f} | "
+            f"{(u.pss_mb - base.pss_mb) / calls:.2f} | {u.rss_mb:.0f} |")
     return lines
 
 
 def rate_table(results: list[RateResult]) -> list[str]:
     lines = [
-        "| system | calls/s | calls | failed | setup p50 ms | p95 ms | p99 ms | "
-        "CPU % of one core |",
+        ("| system | calls/s | calls | failed | setup p50 ms | p95 ms | p99 ms | "
+        "CPU % of one core |"),
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
@@ -87,8 +89,8 @@ def rate_table(results: list[RateResult]) -> list[str]:
 
 def ice_table(results: list[IceResult]) -> list[str]:
     lines = [
-        "| caller candidates | calls | answered | ICE completed | "
-        "setup p50 ms | setup p95 ms |",
+        ("| caller candidates | calls | answered | ICE completed | "
+        "setup p50 ms | setup p95 ms |"),
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
@@ -112,11 +114,12 @@ def render(data: dict[str, Any]) -> str:
     b2bua = data["b2bua_hold"]
     ice = data["ice_hold"]
     relay = data["relay_hold"]
+    idle = {"b2bua": data["idle"], "relay": data["relay_idle"]}
     out = [
         "# Benchmarks",
         "",
-        f"Recorded by `{data['command']}` on {data['date']}"
-        f"{' (quick mode: short windows, small loads, not a record)' if data['quick'] else ''}.",
+        (f"Recorded by `{data['command']}` on {data['date']}"
+        f"{' (quick mode: short windows, small loads, not a record)' if data['quick'] else ''}."),
         "",
         "## Machine and versions",
         "",
@@ -124,7 +127,7 @@ def render(data: dict[str, Any]) -> str:
         "",
         "## How it is measured",
         "",
-        "Two network namespaces joined by a veth pair: `edge` runs the system "
+        ("Two network namespaces joined by a veth pair: `edge` runs the system "
         "under test, `load` runs sipp callers (PCMU RTP at 50 packets/s from "
         "each caller) and sipp echo targets (`-rtp_echo`), one target per "
         f"{data['calls_per_target']} calls. CPU and memory are summed over every "
@@ -136,32 +139,38 @@ def render(data: dict[str, Any]) -> str:
         "both legs of every call and decodes and re-encodes its media in a "
         "conference bridge; the Kamailio + rtpengine relay only rewrites SDP "
         "and forwards packets (userspace, no kernel module), so it is a "
-        "ceiling, not a peer.",
+        "ceiling, not a peer."),
         "",
         "## Summary",
         "",
-        f"- Concurrent bridged G.711 calls held for {data['hold_window_s']:.0f} s: "
+        (f"- Concurrent bridged G.711 calls held for {data['hold_window_s']:.0f} s: "
         f"B2BUA {capacity(b2bua)}, B2BUA with ICE and TURN on the edge leg "
         f"{capacity(ice)}, relay {capacity(relay)} (largest step tried: "
-        f"{data['max_step']}).",
-        f"- Setup rate with < 0.1% failed over {data['setup_window_s']:.0f} s: "
+        f"{data['max_step']})."),
+        (f"- Setup rate with < 0.1% failed over {data['setup_window_s']:.0f} s: "
         f"B2BUA {max_rate(data['b2bua_rate']):.0f}/s, with ICE "
         f"{max_rate(data['ice_rate']):.0f}/s, relay "
         f"{max_rate(data['relay_rate']):.0f}/s, direct sipp to sipp "
         f"{max_rate(data['direct_rate']):.0f}/s (largest rate tried: "
-        f"{data['max_rate']:.0f}/s).",
-        f"- Idle: {data['idle'].cpu_percent:.2f}% of one core and "
+        f"{data['max_rate']:.0f}/s)."),
+        (f"- Idle: {data['idle'].cpu_percent:.2f}% of one core and "
         f"{data['idle'].pss_mb:.0f} MB PSS for Kamailio, the supervisor and "
         f"{data['workers']} workers ({data['idle'].cpu_percent / data['workers']:.3f}%"
-        " per worker, an upper bound since Kamailio is included).",
+        " per worker, an upper bound since Kamailio is included); the relay "
+        f"{data['relay_idle'].cpu_percent:.2f}% and "
+        f"{data['relay_idle'].pss_mb:.0f} MB."),
         "",
         "## Concurrent calls",
         "",
-        *hold_table(b2bua + ice + relay),
+        ("Per-call CPU and PSS are the increase over the idle system (B2BUA: "
+        "Kamailio, supervisor and workers with no calls; relay: Kamailio and "
+        "rtpengine with no calls) divided by the calls held."),
+        "",
+        *hold_table(b2bua + ice + relay, idle),
         "",
         "## Growth",
         "",
-        *(hold_table(data["growth"]) if data["growth"] else
+        *(hold_table(data["growth"], idle) if data["growth"] else
           ["Not measured in quick mode; the steps above show the slope."]),
         "",
         "## Call setup rate",
@@ -171,10 +180,10 @@ def render(data: dict[str, Any]) -> str:
         "",
         "## ICE callers",
         "",
-        "Calls from `b2bua dial` with ICE to the B2BUA, whose edge leg gathers "
+        ("Calls from `b2bua dial` with ICE to the B2BUA, whose edge leg gathers "
         "host and TURN relay candidates. `b2bua dial` reports the INVITE-to-200 "
         "time and the final ICE state, not the moment ICE completed, so setup "
-        "time is shown here.",
+        "time is shown here."),
         "",
         *ice_table(data["ice_dials"]),
         "",

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[2]
 SIPP_DIR = REPO / "tests" / "data" / "sipp"
 EDGE_PORT = 5060
+# The B2BUA listens here too, with ICE on the edge leg.
+EDGE_ICE_PORT = 5062
 TARGET_SIP_PORT = 5200
 CALLER_SIP_PORT = 5300
 TARGET_MEDIA_PORT = 7000
@@ -87,6 +89,7 @@ class Usage:
     processes: int
     loss: float
     received_packets: int
+    udp_errors: int
 
 
 def _read(path: str) -> str:
@@ -165,12 +168,21 @@ class Rig:
                 argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 cwd=str(self.workdir)))
 
-    def b2bua_config(self, workers: int, setups_per_worker: float, ice: bool,
-                     turn: bool, targets: int) -> dict[str, Any]:
-        policy = {"ice": ice, "turn": turn, "srtp": "off"}
+    def b2bua_config(self, workers: int, setups_per_worker: float,
+                     targets: int) -> dict[str, Any]:
+        """Build a config with a plain listener and an ICE + TURN listener.
+
+        Every class allows ICE with TURN, so calls to EDGE_ICE_PORT gather
+        and allocate on coturn while calls to EDGE_PORT use plain RTP.
+        """
+        policy = {"ice": True, "turn": True, "srtp": "off"}
         config: dict[str, Any] = {
-            "listen": [{"address": self.edge_ip, "port": EDGE_PORT,
-                        "transports": ["udp"], "ice": ice}],
+            "listen": [
+                {"address": self.edge_ip, "port": EDGE_PORT, "transports": ["udp"],
+                 "ice": False},
+                {"address": self.edge_ip, "port": EDGE_ICE_PORT,
+                 "transports": ["udp"], "ice": True},
+            ],
             "media": {"address": self.edge_ip, "port_min": 20000,
                       "port_max": 39999},
             "workers": {"count": workers, "sip_port_base": 5100,
@@ -186,10 +198,9 @@ class Rig:
             "runtime_dir": str(self.runtime_dir),
             "log_level": "warning",
         }
-        if turn:
-            config["ice"] = {"turn": [{
-                "server": f"{self.edge_ip}:3478", "username": TURN_USER,
-                "password": TURN_PASSWORD}]}
+        config["ice"] = {"turn": [{
+            "server": f"{self.edge_ip}:3478", "username": TURN_USER,
+            "password": TURN_PASSWORD}]}
         dialplan = {
             "targets": {
                 f"t{k}": {"uri": f"sip:{{user}}@{self.load_ip}:{TARGET_SIP_PORT + k}"}
@@ -208,17 +219,17 @@ class Rig:
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         path = self.workdir / "b2bua.yaml"
         path.write_text(yaml.safe_dump(config))
-        logfile = open(self.workdir / "b2bua.log", "ab")
+        logpath = self.workdir / "b2bua.log"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
-        self.system = self.edge.popen(
-            [sys.executable, "-m", "b2bua.cli", "run", "--config", str(path)],
-            stdout=logfile, stderr=subprocess.STDOUT, env=env)
-        logfile.close()
+        with open(logpath, "ab") as logfile:
+            self.system = self.edge.popen(
+                [sys.executable, "-m", "b2bua.cli", "run", "--config", str(path)],
+                stdout=logfile, stderr=subprocess.STDOUT, env=env)
         count = config["workers"]["count"]
         deadline = time.monotonic() + READY_TIMEOUT_S + count * 0.5
         while time.monotonic() < deadline:
             if self.system.poll() is not None:
-                raise RuntimeError(f"b2bua run exited early; see {logfile.name}")
+                raise RuntimeError(f"b2bua run exited early; see {logpath}")
             ready = len(list((self.runtime_dir / "workers").glob("*.json"))) \
                 if (self.runtime_dir / "workers").is_dir() else 0
             if ready == count and (self.runtime_dir / "kamailio.ctl").exists():
@@ -226,7 +237,7 @@ class Rig:
                 time.sleep(3.0)
                 return
             time.sleep(0.3)
-        raise RuntimeError(f"b2bua not ready in time; see {logfile.name}")
+        raise RuntimeError(f"b2bua not ready in time; see {logpath}")
 
     def worker_status(self) -> list[dict[str, Any]]:
         result = []
@@ -305,4 +316,5 @@ def usage_between(first: Sample, last: Sample) -> Usage:
         processes=len(last.ticks),
         loss=measure.media_loss(first.link, last.link, first.udp, last.udp),
         received_packets=last.link.rx_packets - first.link.rx_packets,
+        udp_errors=measure.udp_receive_errors(first.udp, last.udp),
     )

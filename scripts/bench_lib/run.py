@@ -40,9 +40,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def b2bua_phase(rig: Rig, settings: phases.Settings, data: dict[str, Any],
                 workers: int) -> None:
+    """Measure the B2BUA on its plain listener, then with ICE and TURN."""
+    turn = rig.start_turn()
     rig.start_b2bua(rig.b2bua_config(workers, settings.setups_per_worker,
-                                     ice=False, turn=False, targets=data["targets"]))
-    data["idle"] = phases.idle_cost(rig, 3.0 if settings.quick else 20.0)
+                                     targets=data["targets"]))
+    data["idle"] = phases.idle_cost(rig, 2.0 if settings.quick else 20.0)
     data["b2bua_hold"] = phases.ramp(rig, "b2bua", settings.ramp_steps, settings,
                                      rig.workdir / "hold")
     top = phases.capacity(data["b2bua_hold"])
@@ -55,17 +57,7 @@ def b2bua_phase(rig: Rig, settings: phases.Settings, data: dict[str, Any],
         phases.wait_idle(rig, "b2bua")
     data["b2bua_rate"] = phases.rate_sweep(rig, "b2bua", settings,
                                            rig.workdir / "rate")
-    rig.stop(rig.system)
-
-
-def ice_phase(rig: Rig, settings: phases.Settings, data: dict[str, Any],
-              workers: int) -> None:
-    turn = rig.start_turn()
-    rig.start_b2bua(rig.b2bua_config(workers, settings.setups_per_worker,
-                                     ice=True, turn=True, targets=data["targets"]))
-    # Quick mode measures only the top step, to stay short.
-    steps = settings.ramp_steps[-1:] if settings.quick else settings.ramp_steps
-    data["ice_hold"] = phases.ramp(rig, "b2bua+ICE", steps, settings,
+    data["ice_hold"] = phases.ramp(rig, "b2bua+ICE", settings.ramp_steps, settings,
                                    rig.workdir / "hold")
     data["ice_rate"] = phases.rate_sweep(rig, "b2bua+ICE", settings,
                                          rig.workdir / "rate")
@@ -76,9 +68,10 @@ def ice_phase(rig: Rig, settings: phases.Settings, data: dict[str, Any],
 
 
 def relay_phase(rig: Rig, settings: phases.Settings, data: dict[str, Any]) -> None:
+    """Measure Kamailio + rtpengine under the same load."""
     processes = relay.start_relay(rig, rig.workdir / "relay")
-    steps = settings.ramp_steps[-1:] if settings.quick else settings.ramp_steps
-    data["relay_hold"] = phases.ramp(rig, "relay", steps, settings,
+    data["relay_idle"] = phases.idle_cost(rig, 2.0 if settings.quick else 10.0)
+    data["relay_hold"] = phases.ramp(rig, "relay", settings.ramp_steps, settings,
                                      rig.workdir / "hold")
     data["relay_rate"] = phases.rate_sweep(rig, "relay", settings,
                                            rig.workdir / "rate")
@@ -88,11 +81,13 @@ def relay_phase(rig: Rig, settings: phases.Settings, data: dict[str, Any]) -> No
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s")
     settings = phases.Settings.for_mode(args.quick, args.setups_per_worker)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="b2bua-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+        handlers=[logging.StreamHandler(),
+                  logging.FileHandler(workdir / "bench.log")])
     output = args.output or (workdir / "benchmarks.md" if args.quick
                              else REPO / "docs" / "benchmarks.md")
     workers = settings.workers_needed()
@@ -115,9 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         rig.open()
         rig.start_targets(data["targets"])
         data["direct_rate"] = phases.rate_sweep(rig, "direct", settings,
-                                                workdir / "rate", direct=True)
+                                                workdir / "rate")
         b2bua_phase(rig, settings, data, workers)
-        ice_phase(rig, settings, data, workers)
         relay_phase(rig, settings, data)
     finally:
         rig.stop_system()
