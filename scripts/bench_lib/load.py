@@ -14,6 +14,7 @@ from .rig import (
     CALLER_MEDIA_PORT,
     CALLER_MEDIA_SPAN,
     CALLER_SIP_PORT,
+    MEDIA_PORTS_PER_CALL,
     SIPP_DIR,
     TARGET_SIP_PORT,
     Rig,
@@ -26,9 +27,20 @@ log = logging.getLogger(__name__)
 CALLS_PER_TARGET = 80
 
 
-def targets_for(calls: int) -> int:
-    """Return how many sipp caller/target pairs carry ``calls`` at once."""
-    return max(1, math.ceil(calls / CALLS_PER_TARGET))
+def caller_processes(calls: int, in_flight: int) -> int:
+    """Return how many sipp caller/target pairs carry a run.
+
+    ``in_flight`` calls are up at once, ``calls`` are placed in all, and
+    each caller's media ports must stay inside its own span.
+    """
+    by_packets = math.ceil(in_flight / CALLS_PER_TARGET)
+    by_ports = math.ceil(calls * MEDIA_PORTS_PER_CALL / CALLER_MEDIA_SPAN)
+    processes = max(1, by_packets, by_ports)
+    if CALLER_MEDIA_PORT + processes * CALLER_MEDIA_SPAN > 65536:
+        raise ValueError(f"{calls} calls need {processes} sipp callers, more "
+                         "than the media port space allows; lower the rate "
+                         "or the window")
+    return processes
 
 
 @dataclass
@@ -101,7 +113,7 @@ def start_callers(rig: Rig, folder: Path, remote: str, port: int | None,
             "-trace_rtt", "-rtt_freq", "1", "-trace_err",
             # The workers may send a 183 with SDP just before the 200 OK, and
             # Kamailio can deliver it after the 200; RFC 3261 UAs ignore it.
-            # A 503 or a lost answer still fails the call, by recv_timeout.
+            # A 503 or a lost response still fails the call, by recv_timeout.
             "-default_behaviors", "all,-abortunexp",
         ]
         run.processes.append(rig.load.popen(

@@ -31,8 +31,8 @@ MAX_LOSS = 0.001
 MAX_FAILED = 0.001
 # Calls take this long past their own setup to be bridged and streaming.
 SETTLE_S = 3.0
-# Where the callers of each system under test send their INVITEs; "direct"
-# callers reach their sipp target's own port.
+# Edge port that the callers of each system under test send INVITEs to. None
+# means "direct": each caller sends to its own sipp target's port.
 SYSTEM_PORTS: dict[str, int | None] = {
     "direct": None, "b2bua": EDGE_PORT, "b2bua+ICE": EDGE_ICE_PORT,
     "relay": EDGE_PORT,
@@ -75,8 +75,20 @@ class Settings:
         held = math.ceil(max(self.ramp_steps) / 2)
         top_rate = max(self.setup_rates)
         by_rate = math.ceil(top_rate / self.setups_per_worker * 1.25)
-        in_flight = math.ceil(top_rate * (self.setup_hold_s + 1.0) / 2)
+        in_flight = math.ceil(self.in_flight(top_rate) / 2)
         return min(256, max(held, by_rate, in_flight) + 2)
+
+    def in_flight(self, rate: float) -> int:
+        """Estimate the calls up at once in a setup-rate run (1 s for setup)."""
+        return math.ceil(rate * (self.setup_hold_s + 1.0))
+
+    def sipp_pairs(self) -> int:
+        """Return how many sipp targets the largest run needs."""
+        top = max(self.ramp_steps)
+        top_rate = max(self.setup_rates)
+        return max(load.caller_processes(top, top),
+                   load.caller_processes(int(top_rate * self.setup_window_s),
+                                         self.in_flight(top_rate)))
 
 
 @dataclass
@@ -117,7 +129,7 @@ class IceResult:
 def hold_step(rig: Rig, system: str, calls: int, settings: Settings,
               folder: Path) -> HoldResult:
     """Hold ``calls`` calls with RTP both ways and measure one window."""
-    processes = load.targets_for(calls)
+    processes = load.caller_processes(calls, calls)
     ramp_s = calls / settings.ramp_rate
     hold_s = ramp_s + SETTLE_S + settings.hold_window_s + 2.0
     log.info("%s: holding %d calls (%d sipp callers)", system, calls, processes)
@@ -182,8 +194,7 @@ def setup_rate(rig: Rig, system: str, rate: float, settings: Settings,
                folder: Path) -> RateResult:
     """Place calls at ``rate`` per second for one window; short hold, RTP on."""
     calls = max(1, int(rate * settings.setup_window_s))
-    in_flight = math.ceil(rate * (settings.setup_hold_s + 1.0))
-    processes = load.targets_for(in_flight)
+    processes = load.caller_processes(calls, settings.in_flight(rate))
     log.info("%s: %d calls at %.0f/s", system, calls, rate)
     remote, port = caller_address(rig, system)
     run = load.start_callers(rig, folder, remote, port, calls, rate,

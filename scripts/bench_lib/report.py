@@ -109,6 +109,20 @@ def max_rate(results: list[RateResult]) -> float:
     return max(passed) if passed else 0.0
 
 
+RUNNING = [
+    "## Running it",
+    "",
+    "As root, on a machine with nothing else busy: `scripts/bench` for the "
+    "record (writes this page; 60 s windows, 30 minutes or more), or "
+    "`scripts/bench --quick` for a developer's loop (about 80 s; writes "
+    "`benchmarks.md` into its work folder). `--workdir DIR` keeps the "
+    "configs, the B2BUA, Kamailio, rtpengine and coturn logs and sipp's "
+    "files; `--setups-per-worker N` sets `workers.max_setups_per_second`. "
+    "Everything runs in two namespaces on 10.99.90.0/24 (`--subnet`), "
+    "removed at the end.",
+]
+
+
 def render(data: dict[str, Any]) -> str:
     """Build the whole page from the results collected by the runner."""
     b2bua = data["b2bua_hold"]
@@ -120,6 +134,8 @@ def render(data: dict[str, Any]) -> str:
         "",
         (f"Recorded by `{data['command']}` on {data['date']}"
         f"{' (quick mode: short windows, small loads, not a record)' if data['quick'] else ''}."),
+        "",
+        *RUNNING,
         "",
         "## Machine and versions",
         "",

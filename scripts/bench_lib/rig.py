@@ -36,8 +36,10 @@ TARGET_SIP_PORT = 5200
 CALLER_SIP_PORT = 5300
 TARGET_MEDIA_PORT = 7000
 CALLER_MEDIA_PORT = 10000
-# sipp's auto_media_port takes two ports per call from the caller's base.
-CALLER_MEDIA_SPAN = 2000
+# sipp 3.6.1's auto_media_port moves 4 ports up for each new call and does
+# not wrap, so each caller gets this many ports from its own base.
+CALLER_MEDIA_SPAN = 6000
+MEDIA_PORTS_PER_CALL = 4
 TURN_USER = "bench"
 TURN_PASSWORD = "benchsecret"
 READY_TIMEOUT_S = 60.0

@@ -101,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "setup_window_s": settings.setup_window_s,
         "max_step": max(settings.ramp_steps),
         "max_rate": max(settings.setup_rates),
-        "targets": load.targets_for(max(max(settings.ramp_steps),
-                                        int(max(settings.setup_rates) * 3))),
+        "targets": settings.sipp_pairs(),
     }
     started = time.monotonic()
     rig = Rig(workdir, args.subnet)

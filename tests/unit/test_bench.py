@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "tests" / "data" / "bench"
 sys.path.insert(0, str(REPO / "scripts"))
 
-from bench_lib import measure
+from bench_lib import load, measure, phases
 from bench_lib.rig import pcmu_tone
 
 
@@ -142,3 +142,33 @@ def test_pcmu_tone_is_one_second() -> None:
     # A sine wave must use many code words, and mu-law silence is 0xFF.
     assert len(set(tone)) > 50
     assert tone[0] == 0xFF
+
+
+@pytest.mark.parametrize(
+    ("calls", "in_flight", "processes"),
+    [
+        (1, 1, 1),
+        (8, 8, 1),
+        # 80 calls up at once fill one sipp echo target.
+        (81, 81, 2),
+        (500, 500, 7),
+        # A long setup-rate run needs more callers for media ports alone.
+        (9000, 300, 6),
+    ],
+)
+def test_caller_processes(calls: int, in_flight: int, processes: int) -> None:
+    assert load.caller_processes(calls, in_flight) == processes
+
+
+def test_caller_processes_port_space() -> None:
+    with pytest.raises(ValueError, match="media port space"):
+        load.caller_processes(100_000, 10)
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_settings_fit_config_limits(quick: bool) -> None:
+    settings = phases.Settings.for_mode(quick, setups_per_worker=4.0)
+    # workers.count allows 1..256, and every step needs 2 calls per worker.
+    assert 1 <= settings.workers_needed() <= 256
+    assert settings.workers_needed() * 2 >= max(settings.ramp_steps)
+    assert settings.sipp_pairs() >= 1
