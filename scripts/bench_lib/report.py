@@ -112,14 +112,14 @@ def max_rate(results: list[RateResult]) -> float:
 RUNNING = [
     "## Running it",
     "",
-    "As root, on a machine with nothing else busy: `scripts/bench` for the "
+    ("As root, on a machine with nothing else busy: `scripts/bench` for the "
     "record (writes this page; 60 s windows, 30 minutes or more), or "
     "`scripts/bench --quick` for a developer's loop (about 80 s; writes "
     "`benchmarks.md` into its work folder). `--workdir DIR` keeps the "
     "configs, the B2BUA, Kamailio, rtpengine and coturn logs and sipp's "
     "files; `--setups-per-worker N` sets `workers.max_setups_per_second`. "
     "Everything runs in two namespaces on 10.99.90.0/24 (`--subnet`), "
-    "removed at the end.",
+    "removed at the end."),
 ]
 
 

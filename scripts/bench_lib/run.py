@@ -80,6 +80,7 @@ def relay_phase(rig: Rig, settings: phases.Settings, data: dict[str, Any]) -> No
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark, print the page and write it; return the exit status."""
     args = parse_args(sys.argv[1:] if argv is None else argv)
     settings = phases.Settings.for_mode(args.quick, args.setups_per_worker)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="b2bua-bench-"))
@@ -88,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
         handlers=[logging.StreamHandler(),
                   logging.FileHandler(workdir / "bench.log")])
+
     output = args.output or (workdir / "benchmarks.md" if args.quick
                              else REPO / "docs" / "benchmarks.md")
     workers = settings.workers_needed()
@@ -103,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_rate": max(settings.setup_rates),
         "targets": settings.sipp_pairs(),
     }
+
     started = time.monotonic()
     rig = Rig(workdir, args.subnet)
     try:
@@ -115,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         rig.stop_system()
         rig.close()
+
     page = report.render(data)
     output.write_text(page)
-    print(page)
+    sys.stdout.write(page + "\n")
     log.info("wrote %s in %.0f s; logs in %s", output, time.monotonic() - started,
              workdir)
     return 0
