@@ -34,6 +34,8 @@ def call_record(call: ToneCall) -> dict[str, Any]:
         "srtp": call.srtp,
         "ended_by": call.ended_by,
         "duration": round(call.duration(), 3),
+        "request_uri": call.request_uri,
+        "remote_sdp": call.remote_sdp,
     }
 
 
@@ -75,6 +77,8 @@ class AnswerServer:
         call = ToneCall(account, self.loop, ANSWER_TONE_HZ, prm.callId, self.ended)
         self.calls[id(call)] = call
         call.remote_sdp = pjsip_util.sdp_of_message(prm.rdata.wholeMsg)
+        start_line = prm.rdata.wholeMsg.split("\r\n", 1)[0].split(" ")
+        call.request_uri = start_line[1] if len(start_line) == 3 else None
         call.call_id_text = call.getInfo().callIdString
         log.info("%s: incoming from %s", call.call_id_text, prm.rdata.srcAddress)
         if self.early_media:

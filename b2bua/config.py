@@ -39,6 +39,7 @@ from b2bua.dialplan import (
     enum_checker,
     format_key_path,
     int_checker,
+    check_service_name,
     list_checker,
     parse_dialplan,
 )
@@ -80,6 +81,9 @@ class Listener:
     port: int
     transports: tuple[str, ...]
     ice: bool
+    # "host:port" to put in Record-Route and Via instead of the bound
+    # address, for an edge behind a NAT or a port forward.
+    advertise: str | None = None
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,20 @@ class TurnServer:
 class IceConfig:
     stun: tuple[str, ...]  # "host:port" each
     turn: tuple[TurnServer, ...]
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """One network the B2BUA serves: edge listeners, media, STUN/TURN, classification.
+
+    A call is handled by the service whose listener received it.
+    """
+
+    name: str
+    listen: tuple[Listener, ...]
+    media: MediaConfig
+    ice: IceConfig
+    classification: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -163,6 +181,16 @@ class Config:
     dialplan_file: str
     runtime_dir: str
     log_level: str
+    # Every network service. Without `services:` in the file there is one,
+    # named "default", made of the top-level listen, media, ice and
+    # classification; `listen` then lists every service's listeners.
+    services: tuple[ServiceConfig, ...] = ()
+
+    def service(self, name: str) -> ServiceConfig:
+        for service in self.services:
+            if service.name == name:
+                return service
+        raise KeyError(name)
 
     def to_dict(self) -> dict[str, Any]:
         """Return plain JSON-able data that `from_dict` turns back into this."""
@@ -180,10 +208,14 @@ class Config:
         """Rebuild a Config from `to_dict` output, validating it again."""
         own = ("source_file", "dialplan", "dialplan_file")
         rest = {key: value for key, value in data.items() if key not in own}
+        if rest.get("services"):
+            # `listen` is derived from the services in to_dict output.
+            rest.pop("listen", None)
         source = data.get("source_file")
         name = source or "<dict>"
         try:
             values = _check_top(rest, ())
+            _resolve_services(values)
             _check_consistency(values)
             dialplan = Dialplan.from_dict(
                 data.get("dialplan") or {}, data.get("dialplan_file") or name
@@ -427,40 +459,54 @@ def _class_policy(turn: bool) -> _Key:
     return _Key(_section(keys, ClassPolicy), {})
 
 
+def _check_advertise(value: Any, path: KeyPath) -> str | None:
+    if value is None:
+        return None
+    return _host_port(value, path, 5060)
+
+
 _LISTENER = {
     "address": _Key(_check_ip, "127.0.0.1"),
     "port": _Key(_check_port, 5060),
     "transports": _Key(_check_transports, ["udp", "tcp"]),
     "ice": _Key(check_bool, True),
+    "advertise": _Key(_check_advertise, None),
 }
+_check_listeners = _non_empty(list_checker(_section(_LISTENER, Listener)), "listener")
 _domains = list_checker(_check_domain)
 _domain_patterns = list_checker(_check_domain_pattern)
 
+_check_media = _section(
+    {
+        "address": _Key(_check_media_address, "auto"),
+        "port_min": _Key(int_checker(1024, 65535), 20000),
+        "port_max": _Key(int_checker(1024, 65535), 29999),
+    },
+    MediaConfig,
+)
+_check_ice = _section(
+    {
+        "stun": _Key(list_checker(_check_stun), []),
+        "turn": _Key(list_checker(_check_turn), []),
+    },
+    IceConfig,
+)
+_check_classification = _section(
+    {
+        # Loopback can only be this machine, so the built-in default
+        # treats it as our own network and places calls from it.
+        "local_domains": _Key(_domains, ["localhost", "127.0.0.1"]),
+        "internal_networks": _Key(list_checker(check_cidr), ["127.0.0.0/8"]),
+        "edge_servers": _Key(list_checker(_check_peer), []),
+        "trusted_peers": _Key(list_checker(_check_peer), []),
+        "public_cloud": _Key(enum_checker("federation", "remote"), "federation"),
+    }
+)
+
 _SCHEMA: dict[str, _Key] = {
-    "listen": _Key(
-        _non_empty(list_checker(_section(_LISTENER, Listener)), "listener"), [{}]
-    ),
-    "media": _Key(
-        _section(
-            {
-                "address": _Key(_check_media_address, "auto"),
-                "port_min": _Key(int_checker(1024, 65535), 20000),
-                "port_max": _Key(int_checker(1024, 65535), 29999),
-            },
-            MediaConfig,
-        ),
-        {},
-    ),
-    "ice": _Key(
-        _section(
-            {
-                "stun": _Key(list_checker(_check_stun), []),
-                "turn": _Key(list_checker(_check_turn), []),
-            },
-            IceConfig,
-        ),
-        {},
-    ),
+    "listen": _Key(_check_listeners, [{}]),
+    "media": _Key(_check_media, {}),
+    "ice": _Key(_check_ice, {}),
     "srtp": _Key(enum_checker(*SRTP_MODES), "optional"),
     "workers": _Key(
         _section(
@@ -493,24 +539,7 @@ _SCHEMA: dict[str, _Key] = {
         ),
         {},
     ),
-    "classification": _Key(
-        _section(
-            {
-                # Loopback can only be this machine, so the built-in default
-                # treats it as our own network and places calls from it.
-                "local_domains": _Key(_domains, ["localhost", "127.0.0.1"]),
-                "internal_networks": _Key(
-                    list_checker(check_cidr), ["127.0.0.0/8"]
-                ),
-                "edge_servers": _Key(list_checker(_check_peer), []),
-                "trusted_peers": _Key(list_checker(_check_peer), []),
-                "public_cloud": _Key(
-                    enum_checker("federation", "remote"), "federation"
-                ),
-            }
-        ),
-        {},
-    ),
+    "classification": _Key(_check_classification, {}),
     "federation": _Key(
         _section({
             "allow": _Key(_domain_patterns, []),
@@ -527,7 +556,70 @@ _SCHEMA: dict[str, _Key] = {
     "runtime_dir": _Key(check_str, DEFAULT_RUNTIME_DIR),
     "log_level": _Key(enum_checker("debug", "info", "warning", "error"), "info"),
 }
+_SERVICE_KEYS = ("name", "listen", "media", "ice", "classification")
+
+
+def _check_services(value: Any, path: KeyPath) -> tuple[dict[str, Any], ...] | None:
+    """Check `services:`; sections a service leaves out are filled in later."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value:
+        raise SchemaError(path, "expected a non-empty list of services")
+    services = []
+    names: set[str] = set()
+    for index, raw in enumerate(value):
+        item = path + (index,)
+        entry = check_mapping(raw, item, _SERVICE_KEYS)
+        for key in ("name", "listen"):
+            if key not in entry:
+                raise SchemaError(
+                    item + (key,), "missing key; a service needs name and listen"
+                )
+        name = check_service_name(entry["name"], item + ("name",))
+        if name in names:
+            raise SchemaError(item + ("name",), f"duplicate service name {name!r}")
+        names.add(name)
+        service = {"name": name, "listen": _check_listeners(entry["listen"],
+                                                           item + ("listen",))}
+        checks = {"media": _check_media, "ice": _check_ice,
+                  "classification": _check_classification}
+        for key, check in checks.items():
+            service[key] = check(entry[key], item + (key,)) if key in entry else None
+        services.append(service)
+    return tuple(services)
+
+
+_SCHEMA["services"] = _Key(_check_services, None)
 _check_top = _section(_SCHEMA)
+
+
+def _resolve_services(values: dict[str, Any]) -> None:
+    """Build values["services"] and the combined values["listen"].
+
+    A service inherits the top-level media, ice and classification sections
+    it does not set itself.
+    """
+    raw = values["services"]
+    if raw is None:
+        services = (ServiceConfig(
+            name="default", listen=values["listen"], media=values["media"],
+            ice=values["ice"], classification=values["classification"],
+        ),)
+    else:
+        services = tuple(
+            ServiceConfig(
+                name=entry["name"],
+                listen=entry["listen"],
+                media=entry["media"] or values["media"],
+                ice=entry["ice"] or values["ice"],
+                classification=entry["classification"] or values["classification"],
+            )
+            for entry in raw
+        )
+    values["services"] = services
+    values["listen"] = tuple(
+        listener for service in services for listener in service.listen
+    )
 
 
 def _check_consistency(values: dict[str, Any]) -> None:
@@ -537,6 +629,22 @@ def _check_consistency(values: dict[str, Any]) -> None:
         raise SchemaError(
             ("media", "port_max"), f"must be >= media.port_min ({media.port_min})"
         )
+    ranges: list[tuple[str, MediaConfig]] = []
+    for index, service in enumerate(values["services"]):
+        inherited = service.media is values["media"]
+        where: KeyPath = ("media",) if inherited else ("services", index, "media")
+        if service.media.port_min > service.media.port_max:
+            raise SchemaError(where + ("port_max",), "must be >= port_min")
+        for other_name, other in ranges:
+            overlap = (service.media.port_min <= other.port_max
+                       and other.port_min <= service.media.port_max)
+            if overlap and service.media.address == other.address:
+                raise SchemaError(
+                    where + ("port_min",),
+                    f"media ports overlap those of service {other_name!r} on "
+                    f"the same address; give each service its own range",
+                )
+        ranges.append((service.name, service.media))
 
     # Ports in use per address. The key "*" is any wildcard address.
     used_ports: dict[tuple[str, int], str] = {}
@@ -549,13 +657,15 @@ def _check_consistency(values: dict[str, Any]) -> None:
                 raise SchemaError(path, f"port {port} is already used by {other}")
         used_ports[("*" if wildcard else address, port)] = owner
 
-    for index, listener in enumerate(values["listen"]):
-        claim(
-            listener.address,
-            listener.port,
-            f"listen[{index}]",
-            ("listen", index, "port"),
-        )
+    for service_index, service in enumerate(values["services"]):
+        for index, listener in enumerate(service.listen):
+            if len(values["services"]) == 1 and service.name == "default":
+                where: KeyPath = ("listen", index, "port")
+                owner = f"listen[{index}]"
+            else:
+                where = ("services", service_index, "listen", index, "port")
+                owner = f"services[{service_index}].listen[{index}]"
+            claim(listener.address, listener.port, owner, where)
     edge: EdgeConfig = values["edge"]
     claim(
         edge.internal_address,
@@ -675,15 +785,41 @@ def _located(
 
 
 def load_dialplan(
-    path: str | os.PathLike[str], display_name: str | None = None
+    path: str | os.PathLike[str],
+    display_name: str | None = None,
+    services: list[str] | None = None,
 ) -> Dialplan:
-    """Load and validate one dialplan file, or raise ConfigError."""
+    """Load and validate one dialplan file, or raise ConfigError.
+
+    With `services`, the service names that targets and rules use must be
+    among them.
+    """
     display_name = display_name or str(path)
     data, root = _read_yaml(Path(path), display_name)
     try:
-        return parse_dialplan(data, str(Path(path).resolve()))
+        dialplan = parse_dialplan(data, str(Path(path).resolve()))
+        if services is not None:
+            _check_dialplan_services(dialplan, services)
+        return dialplan
     except SchemaError as exc:
         raise _located(exc, display_name, root) from None
+
+
+def _check_dialplan_services(dialplan: Dialplan, services: list[str]) -> None:
+    known = ", ".join(services)
+    for name, target in dialplan.targets.items():
+        if target.service is not None and target.service not in services:
+            raise SchemaError(
+                ("targets", name, "service"),
+                f"unknown service {target.service!r}; known: {known}",
+            )
+    for rule in dialplan.rules:
+        for service in rule.services:
+            if service not in services:
+                raise SchemaError(
+                    ("rules", rule.index, "match", "service"),
+                    f"unknown service {service!r}; known: {known}",
+                )
 
 
 def load_config(path: str | None) -> Config:
@@ -701,7 +837,14 @@ def load_config(path: str | None) -> Config:
         data, root = _read_yaml(Path(path), display_name)
         base = Path(path).resolve().parent
     try:
+        if isinstance(data, dict) and "services" in data and "listen" in data:
+            raise SchemaError(
+                ("listen",),
+                "listen and services are both set; move these listeners into "
+                "a service's listen list",
+            )
         values = _check_top(data, ())
+        _resolve_services(values)
         _check_consistency(values)
     except SchemaError as exc:
         raise _located(exc, display_name, root) from None
@@ -721,7 +864,10 @@ def load_config(path: str | None) -> Config:
             )
     else:
         dialplan_name = str(dialplan_path)
-    dialplan = load_dialplan(dialplan_path, dialplan_name)
+    dialplan = load_dialplan(
+        dialplan_path, dialplan_name,
+        services=[service.name for service in values["services"]],
+    )
 
     values.pop("dialplan")
     values["runtime_dir"] = str(base / values["runtime_dir"])
@@ -775,10 +921,14 @@ def interface_ipv4_addresses() -> list[tuple[str, str]]:
     return found
 
 
-def resolve_media_address(cfg: Config) -> str:
-    """Return media.address, resolving auto to the first non-loopback IPv4."""
-    if cfg.media.address != "auto":
-        return cfg.media.address
+def resolve_media_address(cfg: Config, service: ServiceConfig | None = None) -> str:
+    """Return the media address, resolving auto to the first non-loopback IPv4.
+
+    Without `service`, the top-level media.address is resolved.
+    """
+    media = service.media if service is not None else cfg.media
+    if media.address != "auto":
+        return media.address
     addresses = interface_ipv4_addresses()
     if not addresses:
         raise ConfigError(

@@ -52,6 +52,7 @@ MANAGED_HEADERS = frozenset(
 
 _TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
 _TARGET_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_SERVICE_NAME = re.compile(r"[a-z][a-z0-9-]{0,19}")
 # RFC 3261 section 25.1: user = 1*( unreserved / escaped / user-unreserved ).
 _URI_USER = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+")
 _DEFAULT_REASONS = {
@@ -231,6 +232,9 @@ class Target:
     ice: bool = False
     srtp: str = "off"
     answer_timeout: int | None = None
+    # Network service the outgoing leg leaves through; None means the
+    # service the call arrived on.
+    service: str | None = None
 
 
 @dataclass(frozen=True)
@@ -255,11 +259,17 @@ class Rule:
     domain: re.Pattern[str] | None = None
     sources: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     classes: tuple[str, ...] = ()
+    services: tuple[str, ...] = ()
     rewrite: Rewrite | None = None
     headers: tuple[tuple[str, str], ...] = ()
 
     def matches(
-        self, user: str, domain: str, source_ip: str | None, call_class: str | None
+        self,
+        user: str,
+        domain: str,
+        source_ip: str | None,
+        call_class: str | None,
+        service: str | None = None,
     ) -> bool:
         if self.user is not None and not self.user.fullmatch(user):
             return False
@@ -268,6 +278,8 @@ class Rule:
         if self.sources and not _source_in(source_ip, self.sources):
             return False
         if self.classes and call_class not in self.classes:
+            return False
+        if self.services and service not in self.services:
             return False
         return True
 
@@ -310,6 +322,7 @@ class Dialplan:
         domain: str,
         source_ip: str | None,
         call_class: str | None = None,
+        service: str | None = None,
     ) -> Route | NoRoute:
         """Return the route of the first matching rule, or the no_match response.
 
@@ -320,7 +333,7 @@ class Dialplan:
         Rules after it are not tried, because the rule did match.
         """
         for rule in self.rules:
-            if not rule.matches(user, domain, source_ip, call_class):
+            if not rule.matches(user, domain, source_ip, call_class, service):
                 continue
             new_user = rule.rewrite.apply(user) if rule.rewrite else user
             uri = None
@@ -354,6 +367,8 @@ class Dialplan:
             }
             if target.answer_timeout is not None:
                 entry["answer_timeout"] = target.answer_timeout
+            if target.service is not None:
+                entry["service"] = target.service
             targets[name] = entry
         return {
             "targets": targets,
@@ -394,6 +409,8 @@ def _rule_to_dict(rule: Rule) -> dict[str, Any]:
         match["source"] = [str(network) for network in rule.sources]
     if rule.classes:
         match["class"] = list(rule.classes)
+    if rule.services:
+        match["service"] = list(rule.services)
     entry: dict[str, Any] = {
         "name": rule.name,
         "match": match,
@@ -412,9 +429,9 @@ def _rule_to_dict(rule: Rule) -> dict[str, Any]:
 # --- parsing -----------------------------------------------------------------
 
 _TOP_KEYS = ("targets", "rules", "no_match")
-_TARGET_KEYS = ("uri", "ice", "srtp", "answer_timeout")
+_TARGET_KEYS = ("uri", "ice", "srtp", "answer_timeout", "service")
 _RULE_KEYS = ("name", "match", "target", "rewrite", "headers")
-_MATCH_KEYS = ("user", "domain", "source", "class")
+_MATCH_KEYS = ("user", "domain", "source", "class", "service")
 _REWRITE_KEYS = ("pattern", "replacement")
 _NO_MATCH_KEYS = ("status", "reason")
 
@@ -474,8 +491,25 @@ def _parse_targets(value: Any, path: KeyPath) -> dict[str, Target]:
                 if timeout is None
                 else _check_timeout(timeout, name_path + ("answer_timeout",))
             ),
+            service=(
+                None
+                if entry.get("service") is None
+                else check_service_name(entry["service"], name_path + ("service",))
+            ),
         )
     return targets
+
+
+def check_service_name(value: Any, path: KeyPath) -> str:
+    """Check a network service name: a DNS label, as it becomes part of a host."""
+    text = check_str(value, path)
+    if not _SERVICE_NAME.fullmatch(text):
+        raise SchemaError(
+            path,
+            f"invalid service name {text!r}; allowed: 1-20 lowercase letters, "
+            "digits and -, starting with a letter",
+        )
+    return text
 
 
 def _check_target_uri(value: Any, path: KeyPath) -> str:
@@ -529,6 +563,9 @@ def _parse_rule(raw: Any, index: int, targets: Mapping[str, Target]) -> Rule:
     classes = list_checker(_check_class, allow_single=True)(
         match.get("class"), match_path + ("class",)
     )
+    services = list_checker(check_service_name, allow_single=True)(
+        match.get("service"), match_path + ("service",)
+    )
 
     rewrite = None
     if "rewrite" in entry:
@@ -542,6 +579,7 @@ def _parse_rule(raw: Any, index: int, targets: Mapping[str, Target]) -> Rule:
         domain=domain,
         sources=tuple(ipaddress.ip_network(cidr) for cidr in sources),
         classes=classes,
+        services=services,
         rewrite=rewrite,
         headers=_parse_headers(entry.get("headers"), path + ("headers",)),
     )

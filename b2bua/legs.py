@@ -31,6 +31,7 @@ log = logging.getLogger("b2bua.worker")
 
 ROUTE_HEADER = "X-B2BUA-Route"
 CLASS_HEADER = "X-B2BUA-Class"
+SERVICE_HEADER = "X-B2BUA-Service"
 TONE_FREQUENCIES = (440, 480)
 # A target that never responds to CANCEL must not hold the caller forever.
 CANCEL_GRACE_S = 4.0
@@ -48,6 +49,8 @@ class TargetSpec:
     policy: str = "noice-noturn-off"
     headers: dict[str, str] = field(default_factory=dict)
     answer_timeout: float | None = None
+    # Network service the outgoing leg leaves through; None: the caller's.
+    service: str | None = None
 
     @classmethod
     def from_headers(cls, message: SipMessage) -> TargetSpec | None:
@@ -64,6 +67,7 @@ class TargetSpec:
                 policy=str(data.get("policy", "noice-noturn-off")),
                 headers={str(k): str(v) for k, v in data.get("headers", {}).items()},
                 answer_timeout=data.get("answer_timeout"),
+                service=data.get("service"),
             )
         except (ValueError, KeyError, TypeError, AttributeError):
             return None
@@ -170,6 +174,7 @@ class Leg(pj.Call):
                  call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(account, call_id)
         self.policy_name = account.policy_name
+        self.service = account.service
         self.pair = pair
         self.role = role  # "edge" or "target"
         self.disconnected = False
@@ -293,17 +298,22 @@ class CallPair:
         self._place_target_leg()
 
     def _place_target_leg(self) -> None:
-        account = self.worker.account_for_policy(self.target.policy)
+        assert self.edge is not None
+        service = self.target.service or self.edge.service
+        account = self.worker.account_for(service, self.target.policy)
         if account is None or not self.target.uri:
-            log.error("call %s: no account for policy %s; 500", self.call_id,
-                      self.target.policy)
+            log.error("call %s: no account for service %s, policy %s; 500",
+                      self.call_id, service, self.target.policy)
             self._reject_edge(500, "No Media Policy")
             return
         self.target_leg = Leg(account, self, "target")
         prm = pj.CallOpParam(True)
         if self.caller_uri:
             prm.txOption.localUri = self.caller_uri
-        prm.txOption.headers = sip_headers(list(self.target.headers.items()))
+        headers = list(self.target.headers.items())
+        # The edge sends the leg out through this service, then removes it.
+        headers.append((SERVICE_HEADER, service))
+        prm.txOption.headers = sip_headers(headers)
         try:
             self.target_leg.makeCall(self.target.uri, prm)
         except pj.Error as error:

@@ -506,6 +506,8 @@ class ToneCall(pj.Call):
         self.remote_sdp: str | None = None
         # The B2BUA's call class, when its 200 OK carries X-B2BUA-Class.
         self.b2bua_class: str | None = None
+        # Request-URI of an incoming call's INVITE.
+        self.request_uri: str | None = None
         self.srtp: str | None = None
         # Status of the last response received to our INVITE (0: none yet).
         self.received_status = 0

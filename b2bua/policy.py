@@ -3,7 +3,8 @@
 pjsua fixes ICE, TURN and SRTP per account, and picks the account for an
 incoming INVITE by the host of the To URI. So each worker holds one account
 per policy, and the edge rewrites the To URI host to name the policy the
-call needs (for example `ice-turn-optional.policy.b2bua.invalid`), restoring
+call needs (for example `ice-turn-optional.inside.policy.b2bua.invalid` for
+the network service `inside`), restoring
 the caller's To on the way back. Standard library only: the edge imports
 this module too.
 """
@@ -15,8 +16,8 @@ from dataclasses import dataclass
 POLICY_DOMAIN = "policy.b2bua.invalid"
 SRTP_MODES = ("off", "optional", "required")
 
-# NOTE: PJSUA_MAX_ACC (8 upstream; not measured in this wheel) caps policies.
-MAX_POLICIES = 8
+# NOTE: PJSUA_MAX_ACC (8 upstream; not measured in this wheel) caps accounts.
+MAX_ACCOUNTS = 8
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,20 @@ def parse_policy_name(name: str) -> MediaPolicy:
     return MediaPolicy(ice=parts[0] == "ice", turn=parts[1] == "turn", srtp=parts[2])
 
 
-def policy_host(name: str) -> str:
-    return f"{name}.{POLICY_DOMAIN}"
+def policy_host(name: str, service: str = "default") -> str:
+    """Return the To URI host that selects the account of a policy and service."""
+    return f"{name}.{service}.{POLICY_DOMAIN}"
 
 
-def policy_from_host(host: str) -> str | None:
-    """Return the policy name a To URI host carries, or None."""
-    suffix = "." + POLICY_DOMAIN
-    if not host.lower().endswith(suffix):
-        return None
-    return host[: -len(suffix)].lower()
+def account_key(service: str, policy_name: str) -> str:
+    """Return the key of one worker account: a network service and a policy."""
+    return f"{service}/{policy_name}"
+
+
+def split_account_key(key: str) -> tuple[str, str]:
+    """Return (service, policy name) of an `account_key`; raise ValueError."""
+    service, slash, policy_name = key.partition("/")
+    if not slash or not service:
+        raise ValueError(f"invalid account key {key!r}; expected service/policy")
+    parse_policy_name(policy_name)
+    return service, policy_name

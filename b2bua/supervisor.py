@@ -22,7 +22,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from b2bua import policy as media_policy
-from b2bua.config import Config, resolve_media_address
+from b2bua.config import (
+    Config,
+    Listener,
+    ServiceConfig,
+    TurnServer,
+    resolve_media_address,
+)
 from b2bua.edge import kamcfg
 from b2bua.edge.dialogs import EdgeDialog, parse_dialog_list
 
@@ -75,70 +81,117 @@ class SupervisorError(RuntimeError):
     """A start-up failure with a message an operator can act on."""
 
 
-def build_runtime(cfg: Config, media_address: str) -> dict[str, Any]:
-    """Describe everything the edge and the workers need, as plain JSON."""
+def build_runtime(cfg: Config, media_addresses: dict[str, str]) -> dict[str, Any]:
+    """Describe everything the edge and the workers need, as plain JSON.
+
+    `media_addresses` maps each network service to its resolved media
+    address. The first service's media, STUN and TURN also appear at the
+    top level, where the worker's TURN probe reads them.
+    """
     count = cfg.workers.count
-    span = cfg.media.port_max - cfg.media.port_min + 1
-    per_worker = span // count
-    if per_worker < 8:
-        raise SupervisorError(
-            f"media ports {cfg.media.port_min}-{cfg.media.port_max} give each of "
-            f"{count} workers only {per_worker} ports; widen media.port_min/"
-            "port_max or lower workers.count (each worker needs at least 8)"
-        )
     status_dir = os.path.join(cfg.runtime_dir, "workers")
-    workers = []
+    workers: list[dict[str, Any]] = []
     for index in range(count):
         workers.append({
             "id": f"w{index}",
             "address": cfg.edge.internal_address,
             "port": cfg.workers.sip_port_base + index,
-            "media_port": cfg.media.port_min + index * per_worker,
-            "media_port_range": per_worker,
+            "media": {},
             "status_file": os.path.join(status_dir, f"w{index}.json"),
         })
-    turn = [
-        {"server": t.server, "transport": t.transport, "username": t.username,
-         "password": t.password, "tls_verify": t.tls_verify}
-        for t in cfg.ice.turn
-    ]
+    services = []
+    account_keys: list[str] = []
+    for service in cfg.services:
+        media = service.media
+        span = media.port_max - media.port_min + 1
+        per_worker = span // count
+        if per_worker < 8:
+            raise SupervisorError(
+                f"service {service.name}: media ports {media.port_min}-"
+                f"{media.port_max} give each of {count} workers only {per_worker}"
+                " ports; widen port_min/port_max or lower workers.count (each "
+                "worker needs at least 8)"
+            )
+        for index, worker in enumerate(workers):
+            worker["media"][service.name] = {
+                "port": media.port_min + index * per_worker,
+                "range": per_worker,
+            }
+        policies = service_policies(cfg, service)
+        account_keys += [media_policy.account_key(service.name, name)
+                         for name in policies]
+        services.append({
+            "name": service.name,
+            "listeners": [_listener_dict(service.name, l) for l in service.listen],
+            "media_address": media_addresses[service.name],
+            "stun": list(service.ice.stun),
+            "turn": [_turn_dict(t) for t in service.ice.turn],
+            "classification": service.classification,
+            "policies": policies,
+        })
+    if len(account_keys) > media_policy.MAX_ACCOUNTS:
+        raise SupervisorError(
+            f"the config needs {len(account_keys)} pjsua accounts per worker "
+            f"({', '.join(account_keys)}) but a worker holds at most "
+            f"{media_policy.MAX_ACCOUNTS}; use fewer services, or make the "
+            "classes: and targets: policies share ice/turn/srtp settings"
+        )
+    first = services[0]
     classes = {
         name: {"ice": p.ice, "turn": p.turn, "srtp": p.srtp}
         for name, p in cfg.classes.items()
     }
     internal = {"address": cfg.edge.internal_address, "port": cfg.edge.internal_port}
+    # STUN servers are global to a pjsua endpoint, so workers use them all.
+    stun_servers = sorted({server for service in services for server in service["stun"]})
     return {
         "config_file": cfg.source_file,
         "log_level": cfg.log_level,
-        "listeners": [
-            {"address": l.address, "port": l.port, "transports": list(l.transports),
-             "ice": l.ice}
-            for l in cfg.listen
-        ],
+        "services": services,
+        "listeners": [l for service in services for l in service["listeners"]],
         "edge_internal": internal,
         "edge_internal_uri": f"sip:{internal['address']}:{internal['port']};lr",
         "workers": workers,
-        "media_address": media_address,
-        "stun": list(cfg.ice.stun),
-        "turn": turn,
-        "policies": reachable_policies(cfg),
+        "media_address": first["media_address"],
+        "stun": stun_servers,
+        "turn": first["turn"],
+        "accounts": account_keys,
         "srtp": cfg.srtp,
         "no_answer_timeout": cfg.calls.no_answer_timeout,
         "max_duration": cfg.calls.max_duration,
         "max_setups_per_second": cfg.workers.max_setups_per_second,
         "expose_class_header": cfg.expose_class_header,
         "dialplan": cfg.dialplan.to_dict(),
-        "classification": cfg.classification,
+        "classification": first["classification"],
         "federation": cfg.federation,
         "classes": classes,
     }
 
 
-def reachable_policies(cfg: Config) -> list[str]:
-    """List the media policies a call can need, one pjsua account each."""
+def _listener_dict(service: str, listener: Listener) -> dict[str, Any]:
+    return {
+        "service": service, "address": listener.address, "port": listener.port,
+        "transports": list(listener.transports), "ice": listener.ice,
+        "advertise": listener.advertise,
+    }
+
+
+def _turn_dict(turn: TurnServer) -> dict[str, Any]:
+    return {"server": turn.server, "transport": turn.transport,
+            "username": turn.username, "password": turn.password,
+            "tls_verify": turn.tls_verify}
+
+
+def service_policies(cfg: Config, service: ServiceConfig) -> list[str]:
+    """List the media policies calls on a service can need, one account each.
+
+    Edge legs take the policy of their listener and call class. Outgoing
+    legs take their target's; a target without a service leaves through
+    the service the call arrived on, so every service needs its policy.
+    """
     names: set[str] = set()
-    turn_configured = bool(cfg.ice.turn)
-    for listener in cfg.listen:
+    turn_configured = bool(service.ice.turn)
+    for listener in service.listen:
         for class_policy in cfg.classes.values():
             ice = listener.ice and class_policy.ice
             names.add(media_policy.MediaPolicy(
@@ -146,15 +199,9 @@ def reachable_policies(cfg: Config) -> list[str]:
                 srtp=class_policy.srtp,
             ).name)
     for target in cfg.dialplan.targets.values():
-        if target.kind == "sip":
+        if target.kind == "sip" and target.service in (None, service.name):
             names.add(media_policy.MediaPolicy(
                 ice=target.ice, turn=False, srtp=target.srtp).name)
-    if len(names) > media_policy.MAX_POLICIES:
-        raise SupervisorError(
-            f"the config needs {len(names)} media policies ({', '.join(sorted(names))})"
-            f" but a worker holds at most {media_policy.MAX_POLICIES}; make the "
-            "classes: and targets: policies share ice/turn/srtp settings"
-        )
     return sorted(names)
 
 
@@ -190,8 +237,11 @@ class Supervisor:
                     f"{tool} not found; install Kamailio with "
                     "'apt-get install kamailio kamailio-python3-modules'"
                 )
-        media_address = resolve_media_address(self.cfg)
-        self.runtime = build_runtime(self.cfg, media_address)
+        media_addresses = {
+            service.name: resolve_media_address(self.cfg, service)
+            for service in self.cfg.services
+        }
+        self.runtime = build_runtime(self.cfg, media_addresses)
         os.makedirs(os.path.join(self.runtime_dir, "workers"), exist_ok=True)
         for stale in os.listdir(os.path.join(self.runtime_dir, "workers")):
             os.unlink(os.path.join(self.runtime_dir, "workers", stale))
@@ -226,13 +276,16 @@ class Supervisor:
 
     def start(self) -> None:
         assert self.edge is not None
-        log.info(
-            "starting: edge on %s, %d workers, media on %s, dialplan %s",
-            ", ".join(f"{'/'.join(l['transports'])}:{l['address']}:{l['port']}"
-                      for l in self.runtime["listeners"]),
-            len(self.children), self.runtime["media_address"],
-            self.cfg.dialplan_file,
-        )
+        for service in self.runtime["services"]:
+            log.info(
+                "service %s: edge on %s, media on %s",
+                service["name"],
+                ", ".join(f"{'/'.join(l['transports'])}:{l['address']}:{l['port']}"
+                          for l in service["listeners"]),
+                service["media_address"],
+            )
+        log.info("starting %d workers, dialplan %s", len(self.children),
+                 self.cfg.dialplan_file)
         for child in self.children:
             self._spawn(child)
         self._spawn(self.edge)

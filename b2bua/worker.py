@@ -55,7 +55,10 @@ class WorkerSettings:
     media_port_range: int
     stun: list[str]
     turn: list[dict[str, Any]]
-    policies: list[str]
+    # Account keys ("service/policy"), one pjsua account each.
+    accounts: list[str]
+    # Per network service: media address, this worker's ports, TURN servers.
+    services: dict[str, dict[str, Any]]
     no_answer_timeout: float
     max_duration: float
     status_file: str
@@ -65,18 +68,29 @@ class WorkerSettings:
     @classmethod
     def from_runtime(cls, runtime: dict[str, Any], index: int) -> WorkerSettings:
         worker = runtime["workers"][index]
+        services = {
+            service["name"]: {
+                "media_address": service["media_address"],
+                "media_port": worker["media"][service["name"]]["port"],
+                "media_port_range": worker["media"][service["name"]]["range"],
+                "turn": list(service["turn"]),
+            }
+            for service in runtime["services"]
+        }
+        first = services[runtime["services"][0]["name"]]
         return cls(
             index=index,
             worker_id=worker["id"],
             sip_address=worker["address"],
             sip_port=worker["port"],
             edge_uri=runtime["edge_internal_uri"],
-            media_address=runtime["media_address"],
-            media_port=worker["media_port"],
-            media_port_range=worker["media_port_range"],
+            media_address=first["media_address"],
+            media_port=first["media_port"],
+            media_port_range=first["media_port_range"],
             stun=list(runtime["stun"]),
             turn=list(runtime["turn"]),
-            policies=list(runtime["policies"]),
+            accounts=list(runtime["accounts"]),
+            services=services,
             no_answer_timeout=float(runtime["no_answer_timeout"]),
             max_duration=float(runtime["max_duration"]),
             status_file=worker["status_file"],
@@ -87,10 +101,11 @@ class WorkerSettings:
 class PolicyAccount(pj.Account):
     """One pjsua account per media policy; incoming calls pick it by host."""
 
-    def __init__(self, worker: Worker, policy_name: str) -> None:
+    def __init__(self, worker: Worker, key: str) -> None:
         super().__init__()
         self.worker = worker
-        self.policy_name = policy_name
+        self.key = key
+        self.service, self.policy_name = media_policy.split_account_key(key)
 
     @guarded
     def onIncomingCall(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
@@ -162,13 +177,13 @@ class Worker:
             change = self.turn_monitor.take_change()
             if change is not None:
                 self.turn_monitor.applied(change)
-        for name in s.policies:
-            self.accounts[name] = self._create_account(name)
+        for key in s.accounts:
+            self.accounts[key] = self._create_account(key)
         log.debug(
-            "worker %s ready on %s:%d, media %s:%d-%d, policies %s",
+            "worker %s ready on %s:%d, media %s:%d-%d, accounts %s",
             s.worker_id, s.sip_address, s.sip_port, s.media_address,
             s.media_port, s.media_port + s.media_port_range - 1,
-            ", ".join(s.policies),
+            ", ".join(s.accounts),
         )
         self.write_status(force=True)
 
@@ -182,22 +197,24 @@ class Worker:
             short = codec_id.rsplit("/", 1)[0] if codec_id.count("/") > 1 else codec_id
             self.endpoint.codecSetPriority(codec_id, wanted.get(short, 0))
 
-    def _create_account(self, policy_name: str) -> PolicyAccount:
-        account = PolicyAccount(self, policy_name)
-        account.create(self._account_config(policy_name))
+    def _create_account(self, key: str) -> PolicyAccount:
+        account = PolicyAccount(self, key)
+        account.create(self._account_config(key))
         return account
 
-    def _account_config(self, policy_name: str) -> Any:
+    def _account_config(self, key: str) -> Any:
         s = self.settings
+        service_name, policy_name = media_policy.split_account_key(key)
+        service = s.services[service_name]
         policy = media_policy.parse_policy_name(policy_name)
         cfg = pj.AccountConfig()
-        cfg.idUri = f"sip:b2bua@{media_policy.policy_host(policy_name)}"
+        cfg.idUri = f"sip:b2bua@{media_policy.policy_host(policy_name, service_name)}"
         cfg.regConfig.registrarUri = ""
         cfg.regConfig.registerOnAdd = False
         cfg.sipConfig.proxies = pj.StringVector([s.edge_uri])
-        cfg.mediaConfig.transportConfig.port = s.media_port
-        cfg.mediaConfig.transportConfig.portRange = s.media_port_range
-        cfg.mediaConfig.transportConfig.boundAddress = s.media_address
+        cfg.mediaConfig.transportConfig.port = service["media_port"]
+        cfg.mediaConfig.transportConfig.portRange = service["media_port_range"]
+        cfg.mediaConfig.transportConfig.boundAddress = service["media_address"]
         cfg.mediaConfig.srtpUse = {
             "off": pj.PJMEDIA_SRTP_DISABLED,
             "optional": pj.PJMEDIA_SRTP_OPTIONAL,
@@ -214,11 +231,13 @@ class Worker:
             pj.PJSUA_STUN_USE_DEFAULT if policy.ice and s.stun
             else pj.PJSUA_STUN_USE_DISABLED
         )
-        if policy.ice and policy.turn and s.turn:
-            turn = s.turn[0]
+        if policy.ice and policy.turn and service["turn"]:
+            # NOTE: pjsua takes one TURN server per account: the service's first.
+            turn = service["turn"][0]
             transport = turn.get("transport", "udp")
             server = turn["server"]
-            if self.turn_monitor is not None:
+            monitored = bool(s.turn) and s.turn[0]["server"] == server
+            if self.turn_monitor is not None and monitored:
                 transport = self.turn_monitor.current
                 server = self.turn_monitor.server_for(transport)
             nat.turnEnabled = True
@@ -249,9 +268,9 @@ class Worker:
         previous = monitor.current
         monitor.current = change
         try:
-            for name, account in self.accounts.items():
-                if media_policy.parse_policy_name(name).turn:
-                    account.modify(self._account_config(name))
+            for key, account in self.accounts.items():
+                if media_policy.parse_policy_name(account.policy_name).turn:
+                    account.modify(self._account_config(key))
         except pj.Error as error:
             log.warning("worker %s: switching TURN to %s failed: %s",
                         self.settings.worker_id, change.upper(), error.info())
@@ -346,17 +365,18 @@ class Worker:
         )
         self.pairs.append(pair)
         self.calls_handled += 1
-        log.info("call %s: received from %s (%s) to %s, class %s, policy %s",
-                 call_id, caller, source, message.request_uri,
-                 call_class.split(";", 1)[0] or "unset", account.policy_name)
+        log.info("call %s: received from %s (%s) to %s, class %s, service %s, "
+                 "policy %s", call_id, caller, source, message.request_uri,
+                 call_class.split(";", 1)[0] or "unset", account.service,
+                 account.policy_name)
         offer = None
         if message.content_type() == "application/sdp" and message.body.strip():
             offer = message.body.decode("utf-8", "replace")
         pair.accept_incoming(account, prm.callId, offer)
         self.write_status(force=True)
 
-    def account_for_policy(self, name: str) -> PolicyAccount | None:
-        return self.accounts.get(name)
+    def account_for(self, service: str, policy_name: str) -> PolicyAccount | None:
+        return self.accounts.get(media_policy.account_key(service, policy_name))
 
     # ----- status ----------------------------------------------------------
 

@@ -36,9 +36,12 @@ def kamailio_cfg(runtime: dict[str, Any], paths: dict[str, str]) -> str:
     internal = runtime["edge_internal"]
     listen_lines = []
     for listener in runtime["listeners"]:
+        advertise = listener.get("advertise")
+        suffix = f" advertise {advertise}" if advertise else ""
         for transport in listener["transports"]:
             listen_lines.append(
                 f"listen={transport}:{listener['address']}:{listener['port']}"
+                f"{suffix}"
             )
     listen_lines.append(f"listen=udp:{internal['address']}:{internal['port']}")
     no_answer_ms = int((runtime["no_answer_timeout"] + 15) * 1000)

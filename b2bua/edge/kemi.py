@@ -102,11 +102,18 @@ class EdgeHandler:
         self.internal_key = (internal["address"], int(internal["port"]))
         self.listeners = runtime["listeners"]
         self.dialplan = Dialplan.from_dict(runtime["dialplan"])
-        self.classify_policy = ClassifyPolicy.from_sections(
-            runtime.get("classification") or {}, runtime.get("federation") or {}
-        )
+        self.services = {service["name"]: service for service in runtime["services"]}
+        self.default_service = runtime["services"][0]["name"]
+        # Each service classifies by its own domains and networks; the
+        # federation allow and deny lists are shared.
+        self.classify_policies = {
+            name: ClassifyPolicy.from_sections(
+                service.get("classification") or {},
+                runtime.get("federation") or {},
+            )
+            for name, service in self.services.items()
+        }
         self.classes = runtime["classes"]
-        self.turn_configured = bool(runtime.get("turn"))
         self.max_setups = int(runtime.get("max_setups_per_second", 4))
         self.expose_class = bool(runtime.get("expose_class_header", False))
         self.rotation = 0
@@ -253,11 +260,16 @@ class EdgeHandler:
 
     def _route_outgoing_leg(self, worker: dict[str, Any]) -> None:
         call_id = KSR.pv.get("$ci")
+        service = KSR.hdr.get("X-B2BUA-Service") or self.default_service
+        KSR.textops.remove_hf_re(HEADER_PREFIX_RE)
+        socket = self._send_socket(service)
+        if socket is not None:
+            KSR.pv.sets("$fs", socket)
         KSR.dialog.dlg_manage()
         KSR.dialog.set_dlg_profile("worker_any", worker["id"])
         KSR.rr.record_route()
         KSR.info(f"call {call_id}: outgoing leg from {worker['id']} to "
-                 f"{KSR.pv.get('$ru')}\n")
+                 f"{KSR.pv.get('$ru')} via service {service}\n")
         KSR.tm.t_on_failure("ksr_failure_to_target")
         if KSR.tm.t_relay() < 0:
             KSR.hdr.append_to_reply(
@@ -281,13 +293,16 @@ class EdgeHandler:
         KSR.info(f"call {call_id}: received INVITE from {KSR.pv.get('$fu')} "
                  f"to {KSR.pv.get('$ru')} via {self._source()}\n")
 
-        classification = classify(message, source_ip, self.classify_policy)
+        listener = self._listener()
+        service = listener["service"] if listener else self.default_service
+        classify_policy = self.classify_policies[service]
+        classification = classify(message, source_ip, classify_policy)
         class_header = encode_class_header(classification)
         call_class = classification.call_class
         # classify() logs its own warnings, rate-limited, through KsrLogHandler.
         KSR.info(f"call {call_id}: classified {call_class}: "
                  f"{classification.reason}\n")
-        rejection = check_federation(classification, message, self.classify_policy)
+        rejection = check_federation(classification, message, classify_policy)
         if rejection is not None:
             KSR.info(f"call {call_id}: class {call_class}: rejected "
                      f"{rejection.status} {rejection.reason}\n")
@@ -295,13 +310,13 @@ class EdgeHandler:
             KSR.sl.sl_send_reply(rejection.status, rejection.reason)
             return
 
-        route = self.dialplan.route(user, domain, source_ip, call_class)
+        route = self.dialplan.route(user, domain, source_ip, call_class, service)
         if isinstance(route, NoRoute):
             KSR.info(f"call {call_id}: class {call_class}: no dialplan rule "
                      f"matches {user}@{domain}; {route.status} {route.reason}\n")
             KSR.sl.sl_send_reply(route.status, route.reason)
             return
-        edge_policy = self._edge_policy(call_class)
+        edge_policy = self._edge_policy(call_class, listener, service)
         srtp = media_policy.parse_policy_name(edge_policy).srtp
         if not self._normalize_for_worker(message, srtp, initial=True):
             return
@@ -317,6 +332,7 @@ class EdgeHandler:
             "policy": target_policy,
             "headers": dict(route.headers),
             "answer_timeout": target.answer_timeout,
+            "service": target.service or service,
         }, separators=(",", ":"))
 
         worker = self._pick_worker()
@@ -328,7 +344,7 @@ class EdgeHandler:
             return
         KSR.info(f"call {call_id}: class {call_class}: routed by rule "
                  f"{route.rule_name} to {target.name}; worker {worker['id']}, "
-                 f"edge-leg policy {edge_policy}\n")
+                 f"service {service}, edge-leg policy {edge_policy}\n")
         KSR.hdr.append(f"X-B2BUA-Route: {route_header}\r\n")
         KSR.hdr.append(f"X-B2BUA-Class: {class_header}\r\n")
         KSR.hdr.append(f"X-B2BUA-Source: {self._source()}\r\n")
@@ -337,7 +353,7 @@ class EdgeHandler:
         # request of the dialog.
         to_user = KSR.pv.get("$tU") or "b2bua"
         KSR.uac.uac_replace_to_uri(
-            f"sip:{to_user}@{media_policy.policy_host(edge_policy)}"
+            f"sip:{to_user}@{media_policy.policy_host(edge_policy, service)}"
         )
         KSR.pv.sets("$du", f"sip:{worker['address']}:{worker['port']}")
         KSR.pv.sets("$fs", self.internal_socket)
@@ -416,17 +432,34 @@ class EdgeHandler:
             return None
         return self.worker_by_source.get(f"{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}")
 
-    def _listener_ice(self) -> bool:
+    def _listener(self) -> dict[str, Any] | None:
+        """Return the listener that received the request, or None."""
         address, port = KSR.pv.get("$Ri"), int(KSR.pv.get("$Rp") or 0)
         for listener in self.listeners:
             if listener["port"] == port and listener["address"] in (address, "0.0.0.0"):
-                return bool(listener.get("ice", True))
-        return True
+                return listener
+        return None
 
-    def _edge_policy(self, call_class: str) -> str:
+    def _send_socket(self, service: str) -> str | None:
+        """Return the socket an outgoing leg of `service` leaves from."""
+        uri = (KSR.pv.get("$ru") or "").lower()
+        wanted = "tcp" if "transport=tcp" in uri else "udp"
+        entry = self.services.get(service)
+        if entry is None:
+            KSR.warn(f"edge: unknown service {service!r} on an outgoing leg\n")
+            return None
+        for listener in entry["listeners"]:
+            if wanted in listener["transports"]:
+                return f"{wanted}:{listener['address']}:{listener['port']}"
+        return None
+
+    def _edge_policy(self, call_class: str, listener: dict[str, Any] | None,
+                     service: str) -> str:
         class_policy = self.classes.get(call_class) or {}
-        ice = self._listener_ice() and bool(class_policy.get("ice", True))
-        turn = ice and self.turn_configured and bool(class_policy.get("turn", False))
+        listener_ice = bool(listener.get("ice", True)) if listener else True
+        ice = listener_ice and bool(class_policy.get("ice", True))
+        turn_configured = bool(self.services[service].get("turn"))
+        turn = ice and turn_configured and bool(class_policy.get("turn", False))
         srtp = str(class_policy.get("srtp", "optional"))
         return media_policy.MediaPolicy(ice=ice, turn=turn, srtp=srtp).name
 

@@ -89,6 +89,8 @@ def test_trunk_call_bridges_media(b2bua: B2buaLab, tmp_path: Path) -> None:
     assert target_calls[0]["answered"] is True
     assert target_calls[0]["rtp"]["rx_packets"] > 50, "target heard nothing"
     assert target_calls[0]["ended_by"] == "remote", "caller's BYE did not reach it"
+    assert target_calls[0]["request_uri"].startswith("sip:1234@"), (
+        "dialplan rewrite not applied")
 
 
 def test_target_bye_reaches_caller(b2bua: B2buaLab, tmp_path: Path) -> None:

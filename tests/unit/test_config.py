@@ -170,7 +170,7 @@ ERROR_CASES = [
         "listen: []\nmedai: {}\n",
         "FILE:2: medai: unknown key 'medai'; allowed: listen, media, ice, srtp, "
         "workers, edge, calls, classification, federation, classes, "
-        "expose_class_header, dialplan, runtime_dir, log_level",
+        "expose_class_header, dialplan, runtime_dir, log_level, services",
     ),
     (
         "unknown nested key",

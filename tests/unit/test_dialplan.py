@@ -228,7 +228,7 @@ ERROR_CASES = [
         "unknown match key",
         rules({"target": "echo", "match": {"uri": "x"}}),
         "rules[0].match.uri",
-        "unknown key 'uri'; allowed: user, domain, source, class",
+        "unknown key 'uri'; allowed: user, domain, source, class, service",
     ),
     (
         "unknown target",

@@ -34,7 +34,8 @@ def htable_options(cfg_text: str, name: str) -> dict[str, str]:
 @pytest.mark.parametrize("config_file", [None, "full.yaml"])
 def test_setup_counters_start_at_zero(config_file: str | None) -> None:
     path = None if config_file is None else str(DATA / config_file)
-    runtime = build_runtime(load_config(path), "192.0.2.10")
+    config = load_config(path)
+    runtime = build_runtime(config, {s.name: "192.0.2.10" for s in config.services})
     options = htable_options(kamcfg.kamailio_cfg(runtime, PATHS), "setups")
     # sht_inc creates a missing counter only when the table has an initval.
     assert options.get("initval") == "0", options
@@ -71,7 +72,8 @@ def test_setup_window_keys_change_per_window() -> None:
 
 
 def test_setup_counters_outlive_slow_windows() -> None:
-    runtime = build_runtime(load_config(str(DATA / "full.yaml")), "192.0.2.10")
+    config = load_config(str(DATA / "full.yaml"))
+    runtime = build_runtime(config, {s.name: "192.0.2.10" for s in config.services})
     runtime["max_setups_per_second"] = 0.1
     options = htable_options(kamcfg.kamailio_cfg(runtime, PATHS), "setups")
     assert int(options["autoexpire"]) > 10, options
