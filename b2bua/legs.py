@@ -434,7 +434,7 @@ class CallPair:
         if audio is None:
             return
         leg.audio = audio
-        if leg.role == "target" and not self.target_leg_confirmed():
+        if leg.role == "target" and self._target_in_early_state(leg):
             # Early media from the target: answer the caller with 183 and our
             # own SDP, so the caller hears the target's ringback or prompts.
             if self.edge_answer_sent < 183:
@@ -442,8 +442,14 @@ class CallPair:
                 self._answer_edge(183)
         self._connect_media()
 
-    def target_leg_confirmed(self) -> bool:
-        return self.target_leg is not None and self.target_leg.confirmed
+    @staticmethod
+    def _target_in_early_state(leg: Leg) -> bool:
+        # pjsua can report the media of a 200 before the CONFIRMED state, so
+        # the leg's own state, not our flag, tells early media from an answer.
+        try:
+            return bool(leg.getInfo().state == pj.PJSIP_INV_STATE_EARLY)
+        except pj.Error:
+            return False
 
     def _active_audio(self, leg: Leg) -> Any:
         try:

@@ -599,9 +599,13 @@ class ToneCall(pj.Call):
                 log.debug("%s: call dump failed: %s", self.call_id_text, exc.info())
         pair = selected_ice_pair(self)
         if pair is not None:
+            if self.ice is not None and self.ice.get("completed_ms") is not None:
+                pair["completed_ms"] = self.ice["completed_ms"]
             if pair["state"] == "completed" and (
                 self.ice is None or self.ice["state"] != "completed"
             ):
+                # Measured from the INVITE, to the sampling interval's precision.
+                pair["completed_ms"] = round((time.monotonic() - self.started) * 1000)
                 log.info(
                     "%s: ICE completed, %s -> %s",
                     self.call_id_text,

@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = json.load(handle)
     settings = WorkerSettings.from_runtime(runtime, args.index)
     logging.basicConfig(
-        level=logging.DEBUG if settings.log_level == "debug" else logging.INFO,
+        level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format=f"%(asctime)s %(levelname)s {settings.worker_id} %(message)s",
         stream=sys.stderr,
     )

@@ -52,6 +52,7 @@ def test_ice_call_to_echo(b2bua: B2buaLab) -> None:
     assert report["ice"] is not None, "ICE was not negotiated with the caller"
     assert report["ice"]["state"] == "completed"
     assert report["ice"]["local_type"] == "host"
+    assert report["ice"]["completed_ms"] > 0
     assert report["b2bua_class"] is None, "class header exposed by default"
     assert report["rtp"]["tx_packets"] > 50
     assert report["rtp"]["rx_packets"] > 50
@@ -91,6 +92,9 @@ def test_trunk_call_bridges_media(b2bua: B2buaLab, tmp_path: Path) -> None:
     assert target_calls[0]["ended_by"] == "remote", "caller's BYE did not reach it"
     assert target_calls[0]["request_uri"].startswith("sip:1234@"), (
         "dialplan rewrite not applied")
+    lines = call_log_lines(b2bua, report["call_id"])
+    assert not any("early media" in line for line in lines), (
+        "a target that answered at once must not cause a 183")
 
 
 def test_target_bye_reaches_caller(b2bua: B2buaLab, tmp_path: Path) -> None:
