@@ -146,6 +146,8 @@ class CallsConfig:
 
     no_answer_timeout: int
     max_duration: int
+    # Seconds without RTP from a party before the call ends; 0 disables.
+    media_timeout: int = 60
 
 
 @dataclass(frozen=True)
@@ -534,6 +536,7 @@ _SCHEMA: dict[str, _Key] = {
             {
                 "no_answer_timeout": _Key(int_checker(1, 3600), 30),
                 "max_duration": _Key(int_checker(0), 0),
+                "media_timeout": _Key(int_checker(0, 3600), 60),
             },
             CallsConfig,
         ),

@@ -36,6 +36,7 @@ TONE_FREQUENCIES = (440, 480)
 # A target that never responds to CANCEL must not hold the caller forever.
 CANCEL_GRACE_S = 4.0
 ICE_CHECK_INTERVAL_S = 0.25
+MEDIA_CHECK_INTERVAL_S = 1.0
 
 
 @dataclass
@@ -185,6 +186,9 @@ class Leg(pj.Call):
         self.ice_reported = False
         # The last SDP offer received on this leg, as text.
         self.remote_offer: str | None = None
+        # RTP received so far, and when that count last changed.
+        self.last_rx_packets = 0
+        self.last_rx_change = 0.0
 
     @staticmethod
     def reject_incoming(account: PolicyAccount, call_id: int, status: int,
@@ -254,7 +258,7 @@ class CallPair:
 
     def __init__(self, worker: Worker, call_id: str, target: TargetSpec,
                  caller_uri: str, call_class: str, no_answer_timeout: float,
-                 max_duration: float) -> None:
+                 max_duration: float, media_timeout: float = 0.0) -> None:
         self.worker = worker
         self.call_id = call_id
         self.target = target
@@ -266,6 +270,8 @@ class CallPair:
         self.created = time.monotonic()
         self.answer_deadline = self.created + no_answer_timeout
         self.max_duration = max_duration
+        self.media_timeout = media_timeout
+        self.last_media_check = 0.0
         self.answered_at: float | None = None
         self.edge_answer_sent = 0  # highest status sent on the edge leg
         self.timed_out = False
@@ -583,11 +589,54 @@ class CallPair:
                 and now - self.cancel_sent_at > CANCEL_GRACE_S):
             self._reject_edge(408, "Request Timeout",
                               reason_header(408, "no answer from target"))
+        if (self.media_timeout and self.answered_at is not None and not edge_done
+                and now - self.last_media_check >= MEDIA_CHECK_INTERVAL_S):
+            self.last_media_check = now
+            self._check_media_flow(now)
         if (self.max_duration and self.answered_at is not None and not edge_done
                 and now - self.answered_at >= self.max_duration):
             log.info("call %s: maximum duration %.0f s reached", self.call_id,
                      self.max_duration)
             self.end_both("maximum call duration reached", 200)
+
+    def _check_media_flow(self, now: float) -> None:
+        """End the call when a party has sent no RTP for media_timeout seconds.
+
+        A caller or target that vanished without a BYE would otherwise hold
+        a worker slot forever. Legs on hold are not expected to send.
+        """
+        for leg in (self.edge, self.target_leg):
+            if leg is None or leg.disconnected or not leg.confirmed:
+                continue
+            if not self._leg_should_receive(leg):
+                leg.last_rx_change = now
+                continue
+            counts = pjsip_util.rtp_counts(leg)
+            received = counts[1] if counts is not None else 0
+            if received != leg.last_rx_packets or leg.last_rx_change == 0.0:
+                leg.last_rx_packets = received
+                leg.last_rx_change = now
+                continue
+            silent = now - leg.last_rx_change
+            if silent >= self.media_timeout:
+                who = "caller" if leg.role == "edge" else "target"
+                log.warning("call %s: no RTP from the %s for %.0f s; ending the call",
+                            self.call_id, who, silent)
+                self.end_both(f"no RTP from the {who} for {silent:.0f} s", 408)
+                return
+
+    @staticmethod
+    def _leg_should_receive(leg: Leg) -> bool:
+        try:
+            info = leg.getInfo()
+        except pj.Error:
+            return False
+        for media in info.media:
+            if media.type != pj.PJMEDIA_TYPE_AUDIO:
+                continue
+            receiving = bool(media.dir & pj.PJMEDIA_DIR_DECODING)
+            return media.status == pj.PJSUA_CALL_MEDIA_ACTIVE and receiving
+        return False
 
     def _release(self) -> None:
         if self.tone is not None:

@@ -159,6 +159,7 @@ def build_runtime(cfg: Config, media_addresses: dict[str, str]) -> dict[str, Any
         "srtp": cfg.srtp,
         "no_answer_timeout": cfg.calls.no_answer_timeout,
         "max_duration": cfg.calls.max_duration,
+        "media_timeout": cfg.calls.media_timeout,
         "max_setups_per_second": cfg.workers.max_setups_per_second,
         "expose_class_header": cfg.expose_class_header,
         "dialplan": cfg.dialplan.to_dict(),

@@ -61,6 +61,7 @@ class WorkerSettings:
     services: dict[str, dict[str, Any]]
     no_answer_timeout: float
     max_duration: float
+    media_timeout: float
     status_file: str
     log_level: str
     extra: dict[str, Any] = field(default_factory=dict)
@@ -93,6 +94,7 @@ class WorkerSettings:
             services=services,
             no_answer_timeout=float(runtime["no_answer_timeout"]),
             max_duration=float(runtime["max_duration"]),
+            media_timeout=float(runtime.get("media_timeout", 60)),
             status_file=worker["status_file"],
             log_level=runtime["log_level"],
         )
@@ -362,6 +364,7 @@ class Worker:
             call_class=call_class,
             no_answer_timeout=target.answer_timeout or s.no_answer_timeout,
             max_duration=s.max_duration,
+            media_timeout=s.media_timeout,
         )
         self.pairs.append(pair)
         self.calls_handled += 1

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns"
 
 @pytest.fixture(scope="module")
 def b2bua(tmp_path_factory: pytest.TempPathFactory) -> Iterator[B2buaLab]:
-    lab = B2buaLab(tmp_path_factory.mktemp("calls"), subnet=10, workers=2)
+    lab = B2buaLab(tmp_path_factory.mktemp("calls"), subnet=10, workers=2,
+                   config={"calls": {"no_answer_timeout": 30, "media_timeout": 4}})
     try:
         lab.start()
         yield lab
@@ -176,3 +177,23 @@ def test_early_media_reaches_caller(b2bua: B2buaLab, tmp_path: Path) -> None:
     assert any("early media from target; 183" in line for line in lines), lines
     # Two seconds of early tone plus one second answered, at 50 packets/s.
     assert report["rtp"]["rx_packets"] > 120, "the caller did not hear early media"
+
+
+def test_vanished_caller_ends_call(b2bua: B2buaLab, tmp_path: Path) -> None:
+    report_file = tmp_path / "a.jsonl"
+    answer = b2bua.start_answer(5090, report_file, "--no-ice", "--calls", "1")
+    caller = b2bua.start_dial("91234", "--duration", "30")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if any(s["bridged_calls"] for s in b2bua.worker_status()):
+            break
+        time.sleep(0.2)
+    time.sleep(1.5)
+    caller.kill()  # no BYE: the caller just disappears
+    caller.wait(5)
+    answer.wait(20)
+    target_calls = read_reports(report_file)
+    assert len(target_calls) == 1
+    assert target_calls[0]["ended_by"] == "remote", "the target got no BYE"
+    assert target_calls[0]["duration"] < 12, "the call outlived the media timeout"
+    assert "no RTP from the caller" in b2bua.log_text()
