@@ -379,8 +379,8 @@ def _check_media_address(value: Any, path: KeyPath) -> str:
 
 
 # A worker with two bridged G.711 calls costs about 1% of a core and 12 MB
-# (measured in a pool on a 2-core machine), so 8 per core leaves most of
-# the CPU to spare while giving 16 concurrent calls per core.
+# (measured in a pool on a 2-core machine). So 8 per core gives 16
+# concurrent calls per core and leaves most of the CPU to spare.
 WORKERS_PER_CPU = 8
 
 

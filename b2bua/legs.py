@@ -619,10 +619,10 @@ class CallPair:
                 continue
             silent = now - leg.last_rx_change
             if silent >= self.media_timeout:
-                who = "caller" if leg.role == "edge" else "target"
+                party = "caller" if leg.role == "edge" else "target"
                 log.warning("call %s: no RTP from the %s for %.0f s; ending the call",
-                            self.call_id, who, silent)
-                self.end_both(f"no RTP from the {who} for {silent:.0f} s", 408)
+                            self.call_id, party, silent)
+                self.end_both(f"no RTP from the {party} for {silent:.0f} s", 408)
                 return
 
     @staticmethod

@@ -2,8 +2,8 @@
 
 Every SIP request from outside lands here first. New calls are checked,
 classified, routed through the dialplan and dispatched to a pjsua2 worker
-with free capacity; requests from workers (their outgoing legs) are relayed
-to the target. The routing decision reaches the worker in `X-B2BUA-*`
+with free capacity. Requests from workers (their outgoing legs) are
+relayed to the target. The routing decision reaches the worker in `X-B2BUA-*`
 headers, which are first stripped from every request from outside so that
 no caller can set them.
 
