@@ -39,6 +39,7 @@ from b2bua.dialplan import (
     enum_checker,
     format_key_path,
     int_checker,
+    check_sdp_rules,
     check_service_name,
     list_checker,
     parse_dialplan,
@@ -157,6 +158,8 @@ class ClassPolicy:
     ice: bool
     turn: bool
     srtp: str
+    # SDP rewrite rules for the SDP the B2BUA sends to callers of this class.
+    sdp_rules: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -457,6 +460,7 @@ def _class_policy(turn: bool) -> _Key:
         "ice": _Key(check_bool, True),
         "turn": _Key(check_bool, turn),
         "srtp": _Key(enum_checker(*SRTP_MODES), "optional"),
+        "sdp_rules": _Key(check_sdp_rules, None),
     }
     return _Key(_section(keys, ClassPolicy), {})
 

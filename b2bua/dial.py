@@ -217,10 +217,13 @@ def place_call(opts: DialOptions,
         account.create(cfg)
         holders["account"] = account
         call = ToneCall(account, loop, DIAL_TONE_HZ)
+        call.hold_before_bye = opts.turn is not None and (
+            pjsip_util.needs_hold_before_bye(opts.turn_transport)
+        )
         holders["call"] = call
         report = _run_call(opts, loop, call)
         if emit is not None:
-            # NOTE: pjnath 2.15.1 can segfault tearing down TURN over TCP.
+            # pjsip's teardown can still abort the process (see ToneCall).
             emit(report)
         return report
     except pj.Error as exc:

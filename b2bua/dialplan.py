@@ -15,6 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from b2bua.sdp_rewrite import RuleConfigError, compile_rules
+
 KeyPath = tuple[str | int, ...]
 Checker = Callable[[Any, KeyPath], Any]
 
@@ -235,6 +237,8 @@ class Target:
     # Network service the outgoing leg leaves through; None means the
     # service the call arrived on.
     service: str | None = None
+    # SDP rewrite rules (b2bua.sdp_rewrite) for the SDP sent on this leg.
+    sdp_rules: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -369,6 +373,8 @@ class Dialplan:
                 entry["answer_timeout"] = target.answer_timeout
             if target.service is not None:
                 entry["service"] = target.service
+            if target.sdp_rules:
+                entry["sdp_rules"] = [dict(rule) for rule in target.sdp_rules]
             targets[name] = entry
         return {
             "targets": targets,
@@ -429,7 +435,7 @@ def _rule_to_dict(rule: Rule) -> dict[str, Any]:
 # --- parsing -----------------------------------------------------------------
 
 _TOP_KEYS = ("targets", "rules", "no_match")
-_TARGET_KEYS = ("uri", "ice", "srtp", "answer_timeout", "service")
+_TARGET_KEYS = ("uri", "ice", "srtp", "answer_timeout", "service", "sdp_rules")
 _RULE_KEYS = ("name", "match", "target", "rewrite", "headers")
 _MATCH_KEYS = ("user", "domain", "source", "class", "service")
 _REWRITE_KEYS = ("pattern", "replacement")
@@ -496,8 +502,23 @@ def _parse_targets(value: Any, path: KeyPath) -> dict[str, Target]:
                 if entry.get("service") is None
                 else check_service_name(entry["service"], name_path + ("service",))
             ),
+            sdp_rules=check_sdp_rules(entry.get("sdp_rules"), name_path + ("sdp_rules",)),
         )
     return targets
+
+
+def check_sdp_rules(value: Any, path: KeyPath) -> tuple[dict[str, Any], ...]:
+    """Check a list of SDP rewrite rules as b2bua.sdp_rewrite compiles them."""
+    if value is None:
+        return ()
+    try:
+        compile_rules(value, where="rules")
+    except RuleConfigError as exc:
+        message = str(exc)
+        if message.startswith("rules"):
+            message = message[len("rules"):].lstrip(":. ")
+        raise SchemaError(path, message) from None
+    return tuple(dict(rule) for rule in value)
 
 
 def check_service_name(value: Any, path: KeyPath) -> str:

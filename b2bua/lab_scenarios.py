@@ -33,12 +33,17 @@ BARESIP_ICE_TIMEOUT_S = 12.0
 
 # PCMU RTP (version 2, payload type 0), bare in UDP, in TURN ChannelData over
 # UDP, or at the start of a TURN-over-TCP segment.
-RTP_FILTER = (
-    "(udp and ((udp[8] & 0xc0 = 0x80 and udp[9] & 0x7f = 0) or "
-    "(udp[8] & 0xc0 = 0x40 and udp[12] & 0xc0 = 0x80 and udp[13] & 0x7f = 0)))"
-    " or (tcp and tcp[((tcp[12] & 0xf0) >> 2)] & 0xc0 = 0x40 and "
-    "tcp[((tcp[12] & 0xf0) >> 2) + 4] & 0xc0 = 0x80)"
+UDP_RTP_FILTER = (
+    "udp and ((udp[8] & 0xc0 = 0x80 and udp[9] & 0x7f = 0) or "
+    "(udp[8] & 0xc0 = 0x40 and udp[12] & 0xc0 = 0x80 and udp[13] & 0x7f = 0))"
 )
+TCP_RTP_FILTER = (
+    "tcp and tcp[((tcp[12] & 0xf0) >> 2)] & 0xc0 = 0x40 and "
+    "tcp[((tcp[12] & 0xf0) >> 2) + 4] & 0xc0 = 0x80"
+)
+RTP_FILTER = f"({UDP_RTP_FILTER}) or ({TCP_RTP_FILTER})"
+# Logged by each worker whose TURN probe at start found UDP blocked.
+_TURN_FALLBACK_RE = re.compile(r"TURN server \S+: UDP blocked, using TCP")
 _LOG_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 _ICE_RE = re.compile(r"ICE completed, pair (\w+) -> (\w+) over (\w+)")
 _CLASS_RE = re.compile(r"classified (\w+)")
@@ -56,10 +61,18 @@ class ScenarioResult:
     transport: str = "-"
     setup_ms: int | None = None
     ice_ms: int | None = None
+    # From `b2bua dial --json`: INVITE sent to ICE completed, at the caller.
+    caller_ice_ms: int | None = None
     rtp_sent: int = 0
     rtp_received: int = 0
     passed: bool = False
     notes: list[str] = field(default_factory=list)
+    # Scenario-specific conditions by name; every one must hold to pass.
+    checks: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def checks_hold(self) -> bool:
+        return all(self.checks.values())
 
     @property
     def rtp_both_ways(self) -> bool:
@@ -70,29 +83,39 @@ class ScenarioResult:
         """Format the one-line summary printed by `scripts/lab run`."""
         setup = "-" if self.setup_ms is None else f"{self.setup_ms} ms"
         ice = "-" if self.ice_ms is None else f"{self.ice_ms} ms"
+        caller_ice = "-" if self.caller_ice_ms is None else f"{self.caller_ice_ms} ms"
         rtp = "yes" if self.rtp_both_ways else "no"
         verdict = "PASS" if self.passed else "FAIL"
         text = (f"{verdict} {self.scenario}: class {self.call_class}, pair "
-                f"{self.pair} over {self.transport}, setup {setup}, ICE {ice}, "
-                f"RTP both ways {rtp} ({self.rtp_sent}/{self.rtp_received})")
-        if self.notes:
-            text += "; " + "; ".join(self.notes)
+                f"{self.pair} over {self.transport}, setup {setup}, ICE {ice} "
+                f"(caller {caller_ice}), RTP both ways {rtp} "
+                f"({self.rtp_sent}/{self.rtp_received})")
+        notes = self.notes + self.check_notes()
+        if notes:
+            text += "; " + "; ".join(notes)
         return text
+
+    def check_notes(self) -> list[str]:
+        return [f"{name}: {'yes' if held else 'NO'}"
+                for name, held in self.checks.items()]
 
     def row(self, started: str) -> str:
         cells = [started, self.scenario, self.call_class, self.pair, self.transport,
                  "-" if self.setup_ms is None else str(self.setup_ms),
                  "-" if self.ice_ms is None else str(self.ice_ms),
+                 "-" if self.caller_ice_ms is None else str(self.caller_ice_ms),
                  "yes" if self.rtp_both_ways else "no",
                  f"{self.rtp_sent}/{self.rtp_received}",
-                 "pass" if self.passed else "FAIL", "; ".join(self.notes) or "-"]
+                 "pass" if self.passed else "FAIL",
+                 "; ".join(self.notes + self.check_notes()) or "-"]
         return "| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |"
 
 
 TABLE_HEADER = (
     "| run | scenario | class | B2BUA pair (local -> remote) | transport "
-    "| setup ms | ICE ms | RTP both ways | RTP caller tx/rx | result | notes |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    "| setup ms | ICE ms | caller ICE ms | RTP both ways | RTP caller tx/rx "
+    "| result | notes |\n"
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
 )
 
 
@@ -104,8 +127,10 @@ def append_results(path: Path, results: list[ScenarioResult]) -> None:
         if new:
             table.write("Setup and ICE times come from the B2BUA worker log "
                         "(INVITE received at the edge to 200 sent by the "
-                        "worker, 200 sent to ICE completed). RTP counts come from a capture on the "
-                        "caller's interface.\n\n")
+                        "worker, 200 sent to ICE completed). Caller ICE times "
+                        "come from `b2bua dial --json` (INVITE sent to ICE "
+                        "completed, to the caller's 200 ms sampling). RTP counts "
+                        "come from a capture on the caller's interface.\n\n")
             table.write(TABLE_HEADER)
         for result in results:
             table.write(result.row(started) + "\n")
@@ -146,23 +171,25 @@ class Capture:
         except subprocess.TimeoutExpired:
             log.warning("tcpdump pid %d did not exit", self.process.pid)
 
-    def count(self, direction: str) -> int:
+    def count(self, direction: str, packet_filter: str = RTP_FILTER) -> int:
         """Count RTP packets `direction` ("src" or "dst") the captured host."""
         if not self.path.exists():
             return 0
         done = subprocess.run(
             ["tcpdump", "-nn", "-r", str(self.path),
-             f"{direction} host {self.host} and ({RTP_FILTER})"],
+             f"{direction} host {self.host} and ({packet_filter})"],
             capture_output=True, text=True, timeout=20, check=False,
         )
         return sum(1 for line in done.stdout.splitlines() if line.strip())
 
-    def finish(self, result: ScenarioResult) -> None:
+    def finish(self, result: ScenarioResult | None = None) -> None:
+        """Stop capturing; with `result`, store the host's RTP counts in it."""
         # Late packets of the call are still on their way after hangup.
         time.sleep(0.3)
         self.stop()
-        result.rtp_sent = self.count("src")
-        result.rtp_received = self.count("dst")
+        if result is not None:
+            result.rtp_sent = self.count("src")
+            result.rtp_received = self.count("dst")
 
 
 def log_time(line: str) -> float | None:
@@ -256,6 +283,8 @@ def dial_scenario(rig: Rig, name: str, short: str, ifname: str, bind: str,
     elif report.get("ice"):
         ice = report["ice"]
         result.notes.append(f"caller pair {ice['local_type']} -> {ice['remote_type']}")
+        if ice.get("completed_ms") is not None:
+            result.caller_ice_ms = int(ice["completed_ms"])
     if not any("ended (caller hung up" in line for line in lines
                if call_id is None or call_id in line):
         result.notes.append("B2BUA logged no hangup by the caller")
@@ -283,7 +312,7 @@ def scenario_local(rig: Rig) -> ScenarioResult:
     report.unlink(missing_ok=True)
     answer = subprocess.Popen(
         netns_argv("inside", cli_argv(
-            "answer", "--bind", labrig.INSIDE_IP, "--port", str(labrig.TRUNK_PORT),
+            "answer", "--bind", labrig.LAN_IP, "--port", str(labrig.TRUNK_PORT),
             "--report", str(report), "--no-ice", "--calls", "1",
             "--max-seconds", "30")),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=child_env(),
@@ -292,7 +321,7 @@ def scenario_local(rig: Rig) -> ScenarioResult:
         _wait_listening(answer)
         result = dial_scenario(
             rig, "local", "desk", "to-inside", labrig.DESK_IP, "sip:desk@lab.test",
-            f"sip:91234@{labrig.INSIDE_IP}:{labrig.SIP_PORT}")
+            f"sip:91234@{labrig.LAN_IP}:{labrig.SIP_PORT}")
         answer.wait(10)
     finally:
         labrig.stop_pid(answer.pid, None, timeout=3)
@@ -328,17 +357,58 @@ def scenario_remote_nat(rig: Rig) -> ScenarioResult:
 
 
 def scenario_remote_tcp(rig: Rig) -> ScenarioResult:
-    """Call echo from behind a NAT that drops all UDP: SIP and TURN over TCP."""
-    result = dial_scenario(
-        rig, "remote-udp-blocked", "closed", "to-cnat", labrig.CLOSED_IP,
-        "sip:carol@lab.test", edge_uri("echo", "tcp"), "--transport", "tcp",
-        "--relay-only", *relay_args(rig, "tcp"))
-    # The caller's NAT drops UDP, so its half of the relay path is TCP.
-    result.notes.append("caller leg TURN over tcp")
-    result.notes.append("B2BUA-side TURN/TCP fallback: pending")
-    result.passed = (result.call_class == "remote" and result.pair.endswith("relay")
-                     and result.rtp_both_ways)
+    """Call echo with UDP blocked on both sides: TURN over TCP on both legs.
+
+    The caller's NAT drops all UDP, so it sends SIP over TCP and asks for
+    TURN over TCP. The relay drops UDP from the inside, and the B2BUA is
+    restarted so that its workers find that out at start and switch to TURN
+    over TCP by themselves. The B2BUA is restarted again with UDP admitted
+    afterwards. Pass or fail comes from logs and captures only, because
+    pjnath 2.15.1 can crash a process at hangup on TURN over TCP.
+    """
+    offset = rig.log_path.stat().st_size
+    turn_offset = rig.turn_log.stat().st_size
+    rig.set_relay_udp_blocked(True)
+    try:
+        fallbacks = _count_fallbacks(rig, offset)
+        relay_capture = Capture(rig, "relay", "to-inside", labrig.RELAY_INSIDE_IP,
+                                "relay-inside")
+        try:
+            result = dial_scenario(
+                rig, "remote-udp-blocked", "closed", "to-cnat", labrig.CLOSED_IP,
+                "sip:carol@lab.test", edge_uri("echo", "tcp"), "--transport", "tcp",
+                "--relay-only", *relay_args(rig, "tcp"))
+        finally:
+            relay_capture.finish()
+    finally:
+        rig.set_relay_udp_blocked(False)
+    # On the relay's inside leg the B2BUA is the peer: dst is what it sent.
+    b2bua_sent = relay_capture.count("dst", TCP_RTP_FILTER)
+    b2bua_received = relay_capture.count("src", TCP_RTP_FILTER)
+    result.notes.append(f"B2BUA TURN/TCP RTP tx/rx {b2bua_sent}/{b2bua_received}")
+    result.checks["workers fell back to TURN over TCP"] = (
+        fallbacks == rig.worker_count)
+    result.checks["coturn TCP allocation from the inside"] = _turn_tcp_allocation(
+        rig, turn_offset)
+    result.checks["B2BUA RTP both ways over TURN/TCP"] = (
+        b2bua_sent >= MIN_RTP_PACKETS and b2bua_received >= MIN_RTP_PACKETS)
+    result.passed = (result.call_class == "remote" and result.pair == "relay -> relay"
+                     and result.rtp_both_ways and result.checks_hold)
     return result
+
+
+def _count_fallbacks(rig: Rig, offset: int) -> int:
+    """Return how many workers logged the TURN fallback since `offset`."""
+    lines = read_new_log(rig, offset)
+    return sum(1 for line in lines if _TURN_FALLBACK_RE.search(line))
+
+
+def _turn_tcp_allocation(rig: Rig, offset: int) -> bool:
+    """Return whether coturn logged a TCP allocation from the inside since `offset`."""
+    with rig.turn_log.open("rb") as handle:
+        handle.seek(offset)
+        text = handle.read().decode("utf-8", "replace")
+    return False
 
 
 def scenario_federation(rig: Rig) -> ScenarioResult:

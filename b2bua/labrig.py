@@ -7,9 +7,11 @@ The rig models a site and the internet around it, all inside 10.99.0.0/16:
                +------ relay -------+  \-- fnat --- fed     (another domain)
 
 `inside` runs `b2bua run` and the trunk target, and `desk` is a phone on the
-inside LAN. `relay` runs coturn with one leg inside and one on the wan, as an
-A/V edge relay does. `border` forwards the B2BUA's SIP port (DNAT) and
-masquerades the rest of the site. `rnat`, `cnat` and `fnat` masquerade their
+inside LAN. The B2BUA has two network services: `outside` on the link to the
+border, which advertises the border's address, and `inside` on the LAN.
+`relay` runs coturn with one leg inside and one on the wan, as an A/V edge
+relay does. `border` forwards the B2BUA's SIP port (DNAT) and masquerades the
+rest of the site. `rnat`, `cnat` and `fnat` masquerade their
 one host each, and `cnat` also drops all UDP. No namespace has a default
 route: every route covers 10.99.0.0/16 or less, so nothing reaches the host
 or beyond.
@@ -45,6 +47,7 @@ PREFIX = "b2blab"
 STATE_FILE = "state.json"
 READY_TIMEOUT_S = 25.0
 STOP_TIMEOUT_S = 5.0
+B2BUA_PROCESS = "b2bua run"
 
 # Fixed addresses of the topology. Subnets 10.99.60-89 belong to the rig.
 INSIDE_IP = "10.99.60.1"
@@ -52,6 +55,7 @@ BORDER_INSIDE_IP = "10.99.60.254"
 RELAY_INSIDE_IP = "10.99.61.2"
 BORDER_WAN_IP = "10.99.70.1"
 RELAY_WAN_IP = "10.99.71.1"
+LAN_IP = "10.99.62.1"
 DESK_IP = "10.99.62.2"
 REMOTE_IP = "10.99.80.2"
 CLOSED_IP = "10.99.81.2"
@@ -80,7 +84,7 @@ class Link:
 LINKS = (
     Link("inside", f"{INSIDE_IP}/24", "border", f"{BORDER_INSIDE_IP}/24"),
     Link("inside", "10.99.61.1/24", "relay", f"{RELAY_INSIDE_IP}/24"),
-    Link("desk", f"{DESK_IP}/24", "inside", "10.99.62.1/24"),
+    Link("desk", f"{DESK_IP}/24", "inside", f"{LAN_IP}/24"),
     Link("border", f"{BORDER_WAN_IP}/24", "wan", "10.99.70.254/24"),
     Link("relay", f"{RELAY_WAN_IP}/24", "wan", "10.99.71.254/24"),
     Link("rnat", "10.99.72.1/24", "wan", "10.99.72.254/24"),
@@ -94,13 +98,10 @@ LINKS = (
 # (namespace, destination, gateway). Connected subnets need no entry.
 ROUTES = (
     ("inside", LAB_ROUTE, BORDER_INSIDE_IP),
-    ("desk", LAB_ROUTE, "10.99.62.1"),
+    ("desk", LAB_ROUTE, LAN_IP),
     ("border", LAB_ROUTE, "10.99.70.254"),
     ("relay", "10.99.60.0/24", "10.99.61.1"),
     ("relay", LAB_ROUTE, "10.99.71.254"),
-    # NOTE: the edge puts its inside address in Record-Route (no advertised
-    # address), so the wan routes it to the border, whose filter admits SIP only.
-    ("wan", "10.99.60.0/24", BORDER_WAN_IP),
     ("rnat", LAB_ROUTE, "10.99.72.254"),
     ("cnat", LAB_ROUTE, "10.99.73.254"),
     ("fnat", LAB_ROUTE, "10.99.74.254"),
@@ -147,6 +148,9 @@ FIREWALLS: dict[str, list[list[str]]] = {
     "cnat": _home_nat("closed", drop_udp=True),
     "fnat": _home_nat("fed"),
 }
+# Added in the relay namespace while a scenario needs the site's firewall to
+# drop UDP from the inside to the relay, TURN included.
+RELAY_UDP_BLOCK = ["INPUT", "-i", "to-inside", "-p", "udp", "-j", "DROP"]
 
 
 class RigError(RuntimeError):
@@ -270,14 +274,15 @@ class Rig:
 
     @property
     def turn_credentials(self) -> tuple[str, str]:
-        """The (username, password) of the first TURN server in the rig config."""
+        """The (username, password) of the first service's first TURN server."""
         try:
-            entry = self.config["ice"]["turn"][0]
+            entry = self.config["services"][0]["ice"]["turn"][0]
             return str(entry["username"]), str(entry["password"])
         except (KeyError, IndexError, TypeError) as exc:
             raise RigError(
-                f"{self.source_config}: ice.turn[0] with username and password "
-                "is missing; the rig's coturn takes its credentials from it"
+                f"{self.source_config}: services[0].ice.turn[0] with username and "
+                "password is missing; the rig's coturn takes its credentials "
+                "from it"
             ) from exc
 
     @property
@@ -329,6 +334,7 @@ class Rig:
         try:
             self._build_network()
             self._start_turn()
+            self.log_path.write_text("")
             self._start_b2bua()
         except BaseException:
             log.error("rig start failed; removing what was built")
@@ -401,11 +407,14 @@ class Rig:
 
     def _start_b2bua(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config))
-        self.log_path.write_text("")
-        process = self.spawn("inside", "b2bua run",
+        ctl = self.runtime_dir / "kamailio.ctl"
+        # A restart must not take the files of the stopped run as ready.
+        ctl.unlink(missing_ok=True)
+        for status in (self.runtime_dir / "workers").glob("*.json"):
+            status.unlink()
+        process = self.spawn("inside", B2BUA_PROCESS,
                              cli_argv("run", "--config", str(self.config_path)),
                              self.log_path)
-        ctl = self.runtime_dir / "kamailio.ctl"
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             if process.poll() is not None:
@@ -418,6 +427,60 @@ class Rig:
             time.sleep(0.2)
         raise RigError(f"b2bua run not ready in {READY_TIMEOUT_S:.0f} s; "
                        f"see {self.log_path}")
+
+    def restart_b2bua(self) -> None:
+        """Stop `b2bua run` and start it again, appending to the same log."""
+        state = self.read_state()
+        kept = []
+        for entry in state.get("processes", []):
+            if entry["name"] == B2BUA_PROCESS:
+                stop_pid(int(entry["pid"]), entry.get("namespace"))
+            else:
+                kept.append(entry)
+        state["processes"] = kept
+        self._write_state(state)
+        # Kamailio's children exit after their parent; the new edge needs
+        # their ports.
+        namespace = ns_name("inside")
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        pids = self._namespace_pids(namespace)
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.1)
+            pids = self._namespace_pids(namespace)
+        for pid in pids:
+            log.warning("pid %d still in %s after b2bua run stopped; stopping it",
+                        pid, namespace)
+            stop_pid(pid, namespace)
+        self._start_b2bua()
+
+    @staticmethod
+    def _namespace_pids(name: str) -> list[int]:
+        return [int(pid) for pid in run_cmd(["ip", "netns", "pids", name]).split()]
+
+    # ----- relay firewall ------------------------------------------------------
+
+    def relay_udp_blocked(self) -> bool:
+        """Return whether the relay drops UDP from the inside now."""
+        done = subprocess.run(
+            netns_argv("relay", ["iptables", "-w", "5", "-C", *RELAY_UDP_BLOCK]),
+            capture_output=True, timeout=15, check=False)
+        return done.returncode == 0
+
+    def set_relay_udp_blocked(self, blocked: bool) -> None:
+        """Drop or admit UDP from the inside to the relay, then restart the B2BUA.
+
+        The workers choose their TURN transport by a probe at start and
+        re-probe only every 60 s, so the restart applies the change at once.
+        Does nothing when the relay is in that state already.
+        """
+        if self.relay_udp_blocked() == blocked:
+            return
+        action = "-A" if blocked else "-D"
+        run_cmd(netns_argv("relay", ["iptables", "-w", "5", action,
+                                     *RELAY_UDP_BLOCK]))
+        log.info("relay %s UDP from the inside; restarting b2bua run",
+                 "drops" if blocked else "admits")
+        self.restart_b2bua()
 
     # ----- down ----------------------------------------------------------------
 

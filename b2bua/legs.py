@@ -21,7 +21,14 @@ import pjsua2 as pj
 from b2bua import pjsip_util
 from b2bua.policy import parse_policy_name
 from b2bua.sdp import SdpError, SdpLine, SessionDescription, parse_sdp
-from b2bua.sdp_rewrite import ANSWER, LegContext, answer_rejections, compile_rules
+from b2bua.sdp_rewrite import (
+    ANSWER,
+    OFFER,
+    LegContext,
+    RuleSet,
+    answer_rejections,
+    compile_rules,
+)
 from b2bua.sipmsg import SipMessage, SipParseError, parse_message
 
 if TYPE_CHECKING:
@@ -108,12 +115,14 @@ def reason_header(cause: int, text: str) -> tuple[str, str]:
     return ("Reason", f'SIP;cause={cause};text="{safe}"')
 
 
-def rewrite_answer(offer_text: str, answer_text: str, policy_name: str) -> str | None:
+def rewrite_answer(offer_text: str, answer_text: str, policy_name: str,
+                   rules: RuleSet | None = None) -> str | None:
     """Return the answer pjsua built, corrected for the offer; None to keep it.
 
     Refused m-lines mirror the offered media type, proto and formats with
     port 0 and no attributes (pjsua keeps its own attributes there), and an
-    `a=encryption` line answers a peer that sent one, as Lync does.
+    `a=encryption` line answers a peer that sent one, as Lync does. The
+    operator's `rules` for this leg apply last.
     """
     try:
         offer = parse_sdp(offer_text)
@@ -121,12 +130,25 @@ def rewrite_answer(offer_text: str, answer_text: str, policy_name: str) -> str |
         add_connection_to_rejections(answer)
         if any(section.attribute("encryption") for section in offer.media):
             srtp = parse_policy_name(policy_name).srtp
-            rules = compile_rules([{"rule": "encryption", "policy": srtp}])
+            encryption = compile_rules([{"rule": "encryption", "policy": srtp}])
+            answer = encryption.apply(answer, LegContext(direction=ANSWER, offer=offer))
+        if rules is not None:
             answer = rules.apply(answer, LegContext(direction=ANSWER, offer=offer))
     except (SdpError, ValueError) as error:
         log.warning("SDP answer left as pjsua built it: %s", error)
         return None
     return answer.to_text()
+
+
+def rewrite_offer(offer_text: str, rules: RuleSet, initial: bool) -> str | None:
+    """Return our own offer with the operator's rules applied; None to keep it."""
+    try:
+        offer = rules.apply(parse_sdp(offer_text),
+                            LegContext(direction=OFFER, initial=initial))
+    except (SdpError, ValueError) as error:
+        log.warning("SDP offer left as pjsua built it: %s", error)
+        return None
+    return offer.to_text()
 
 
 def add_connection_to_rejections(answer: SessionDescription) -> None:
@@ -244,11 +266,19 @@ class Leg(pj.Call):
         # NOTE: pjsua2 hands over an empty remote SDP when it does not fit its
         # print buffer (seen with SfB offers), so keep our own copy.
         remote = prm.remSdp.wholeSdp or self.remote_offer or ""
+        rules = self.pair.sdp_rules_for(self) if self.pair is not None else None
         if not remote:
             # Our own offer: pjsua builds it fresh (audio only, never hold),
             # so nothing of the other leg's SDP leaks into it.
+            if rules is not None:
+                offer = rewrite_offer(prm.sdp.wholeSdp, rules,
+                                      initial=not self.confirmed)
+                if offer is not None:
+                    prm.sdp.wholeSdp = offer
             return
-        rewritten = rewrite_answer(remote, prm.sdp.wholeSdp, self.policy_name)
+        # Used once: an offer of our own later on this leg has no remote SDP.
+        self.remote_offer = None
+        rewritten = rewrite_answer(remote, prm.sdp.wholeSdp, self.policy_name, rules)
         if rewritten is not None:
             prm.sdp.wholeSdp = rewritten
 
@@ -280,6 +310,12 @@ class CallPair:
         self.bridged = False
         self.finished = False
         self.last_ice_check = 0.0
+
+    def sdp_rules_for(self, leg: Leg) -> RuleSet | None:
+        """Return the operator's SDP rules for what this pair sends on `leg`."""
+        if leg.role == "edge":
+            return self.worker.class_sdp_rules.get(self.class_name)
+        return self.worker.target_sdp_rules.get(self.target.name)
 
     def live_leg_count(self) -> int:
         return sum(1 for leg in (self.edge, self.target_leg)

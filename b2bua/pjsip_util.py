@@ -439,6 +439,59 @@ def make_tone(frequency: int) -> Any:
     return tone
 
 
+# --- Hold before BYE on TURN over TCP --------------------------------------------
+
+# Seconds to wait for the answer to the inactive re-INVITE before the BYE.
+HOLD_WAIT_S = 1.0
+
+
+def needs_hold_before_bye(turn_transport: str | None) -> bool:
+    """Return True when media over this TURN transport must be held before BYE.
+
+    pjnath 2.15.1 can dereference a freed TURN session when the answer to
+    its deallocation and the peer's media arrive in one TCP read. TLS uses
+    the same stream framing, so it is treated the same way (not soak-tested).
+    """
+    return turn_transport in ("tcp", "tls")
+
+
+def send_inactive_reinvite(call: Any) -> bool:
+    """Send a re-INVITE that sets every media stream inactive.
+
+    Once the peer accepts it, the peer stops sending RTP and RTCP, so nothing
+    but our own TURN traffic arrives on the allocation when the BYE tears it
+    down. Returns False when pjsua cannot send it (for example while another
+    INVITE transaction is pending).
+    """
+    prm = pj.CallOpParam(True)
+    prm.opt.flag |= pj.PJSUA_CALL_SET_MEDIA_DIR
+    directions = pj.IntVector()
+    directions.append(pj.PJMEDIA_DIR_NONE)
+    prm.opt.mediaDir = directions
+    try:
+        call.reinvite(prm)
+    except pj.Error as exc:
+        log.debug("inactive re-INVITE not sent: %s", exc.info())
+        return False
+    return True
+
+
+def is_reinvite_answer(event: Any) -> bool:
+    """Return True when a pjsua2 transaction event is a final answer to our INVITE.
+
+    Used after an inactive re-INVITE, when the initial INVITE's client
+    transaction is long gone, so any final answer belongs to the re-INVITE.
+    """
+    if event.type != pj.PJSIP_EVENT_TSX_STATE:
+        return False
+    tsx = event.body.tsxState.tsx
+    return bool(
+        tsx.role == pj.PJSIP_ROLE_UAC
+        and tsx.method == "INVITE"
+        and tsx.statusCode >= 200
+    )
+
+
 # --- A call that plays a tone and records what happened ------------------------
 
 SAMPLE_INTERVAL = 0.2
@@ -511,6 +564,12 @@ class ToneCall(pj.Call):
         self.srtp: str | None = None
         # Status of the last response received to our INVITE (0: none yet).
         self.received_status = 0
+        # Set when the media may run over TURN over TCP: hangup_local then
+        # holds the call before its BYE (see needs_hold_before_bye).
+        self.hold_before_bye = False
+        self._holding = False
+        self._hangup_status = 0
+        self._hangup_sent = False
         self._sampling = False
 
     def onCallState(self, prm: Any) -> None:
@@ -564,6 +623,10 @@ class ToneCall(pj.Call):
 
     def onCallTsxState(self, prm: Any) -> None:
         self._note_received(prm.e)
+        if self._holding and is_reinvite_answer(prm.e):
+            self._holding = False
+            log.info("%s: on hold; sending BYE", self.call_id_text)
+            self._send_hangup()
 
     def _note_received(self, event: Any) -> None:
         """Record the status and SDP of a message received on the INVITE."""
@@ -622,9 +685,23 @@ class ToneCall(pj.Call):
             return
         self.sample()
         self.hangup_requested = True
+        self._hangup_status = status
+        # NOTE: pjnath 2.15.1 can crash at hangup on TURN over TCP; hold first.
+        if self.hold_before_bye and self.answered and send_inactive_reinvite(self):
+            self._holding = True
+            log.info("%s: holding the call before BYE", self.call_id_text)
+            self.loop.call_later(HOLD_WAIT_S, self._send_hangup)
+            return
+        self._send_hangup()
+
+    def _send_hangup(self) -> None:
+        if self.ended or self._hangup_sent:
+            return
+        self._hangup_sent = True
+        self._holding = False
         prm = pj.CallOpParam(True)
-        if status:
-            prm.statusCode = status
+        if self._hangup_status:
+            prm.statusCode = self._hangup_status
         try:
             self.hangup(prm)
         except pj.Error as exc:

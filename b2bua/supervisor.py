@@ -138,7 +138,8 @@ def build_runtime(cfg: Config, media_addresses: dict[str, str]) -> dict[str, Any
         )
     first = services[0]
     classes = {
-        name: {"ice": p.ice, "turn": p.turn, "srtp": p.srtp}
+        name: {"ice": p.ice, "turn": p.turn, "srtp": p.srtp,
+               "sdp_rules": [dict(rule) for rule in p.sdp_rules]}
         for name, p in cfg.classes.items()
     }
     internal = {"address": cfg.edge.internal_address, "port": cfg.edge.internal_port}

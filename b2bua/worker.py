@@ -28,6 +28,7 @@ import pjsua2 as pj
 from b2bua import policy as media_policy
 from b2bua import probe
 from b2bua.legs import CallPair, Leg, TargetSpec, guarded
+from b2bua.sdp_rewrite import RuleSet, compile_rules
 from b2bua.sipmsg import SipParseError, name_addr_uri, parse_message
 
 log = logging.getLogger("b2bua.worker")
@@ -64,6 +65,9 @@ class WorkerSettings:
     media_timeout: float
     status_file: str
     log_level: str
+    # Operator SDP rules (b2bua.sdp_rewrite) per call class and per target.
+    class_sdp_rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    target_sdp_rules: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -92,6 +96,14 @@ class WorkerSettings:
             turn=list(runtime["turn"]),
             accounts=list(runtime["accounts"]),
             services=services,
+            class_sdp_rules={
+                name: list(policy.get("sdp_rules") or [])
+                for name, policy in runtime["classes"].items()
+            },
+            target_sdp_rules={
+                name: list(target.get("sdp_rules") or [])
+                for name, target in runtime["dialplan"].get("targets", {}).items()
+            },
             no_answer_timeout=float(runtime["no_answer_timeout"]),
             max_duration=float(runtime["max_duration"]),
             media_timeout=float(runtime.get("media_timeout", 60)),
@@ -122,6 +134,15 @@ class Worker:
         self.endpoint = pj.Endpoint()
         self.accounts: dict[str, PolicyAccount] = {}
         self.pairs: list[CallPair] = []
+        # Operator SDP rules per call class (edge leg) and per target name.
+        self.class_sdp_rules: dict[str, RuleSet] = {
+            name: compile_rules(list(rules), where=f"classes.{name}.sdp_rules")
+            for name, rules in settings.class_sdp_rules.items() if rules
+        }
+        self.target_sdp_rules: dict[str, RuleSet] = {
+            name: compile_rules(list(rules), where=f"targets.{name}.sdp_rules")
+            for name, rules in settings.target_sdp_rules.items() if rules
+        }
         # Legs rejected before a pair existed; kept until pjsua disconnects them.
         self.rejected_legs: list[Leg] = []
         self.stopping = False

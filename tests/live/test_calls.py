@@ -22,8 +22,15 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns"
 
 @pytest.fixture(scope="module")
 def b2bua(tmp_path_factory: pytest.TempPathFactory) -> Iterator[B2buaLab]:
-    lab = B2buaLab(tmp_path_factory.mktemp("calls"), subnet=10, workers=2,
-                   config={"calls": {"no_answer_timeout": 30, "media_timeout": 4}})
+    lab = B2buaLab(tmp_path_factory.mktemp("calls"), subnet=10, workers=2, config={
+        "calls": {"no_answer_timeout": 30, "media_timeout": 4},
+        "classes": {"local": {"sdp_rules": [
+            {"rule": "rewrite_session_name", "name": "B2BUA-Lab"}]}},
+    })
+    lab.dialplan["targets"]["trunk"]["sdp_rules"] = [
+        {"rule": "rewrite_session_name", "name": "Trunk-Leg"},
+        {"rule": "strip_codec", "codec": "telephone-event"},
+    ]
     try:
         lab.start()
         yield lab
@@ -96,6 +103,10 @@ def test_trunk_call_bridges_media(b2bua: B2buaLab, tmp_path: Path) -> None:
     lines = call_log_lines(b2bua, report["call_id"])
     assert not any("early media" in line for line in lines), (
         "a target that answered at once must not cause a 183")
+    assert "\ns=B2BUA-Lab\r" in report["remote_sdp"], "class SDP rule not applied"
+    target_sdp = target_calls[0]["remote_sdp"]
+    assert "\ns=Trunk-Leg\r" in target_sdp, "target SDP rule not applied"
+    assert "telephone-event" not in target_sdp
 
 
 def test_target_bye_reaches_caller(b2bua: B2buaLab, tmp_path: Path) -> None:
