@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -208,3 +209,74 @@ def test_vanished_caller_ends_call(b2bua: B2buaLab, tmp_path: Path) -> None:
     assert target_calls[0]["ended_by"] == "remote", "the target got no BYE"
     assert target_calls[0]["duration"] < 12, "the call outlived the media timeout"
     assert "no RTP from the caller" in b2bua.log_text()
+
+
+def raw_invite(b2bua: B2buaLab, call_id: str, sdp: bytes) -> bytes:
+    head = (
+        f"INVITE sip:echo@{b2bua.edge_ip}:5060 SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {b2bua.far_ip}:@PORT@;branch=z9hG4bK{call_id}\r\n"
+        "Max-Forwards: 70\r\n"
+        f"From: <sip:raw@{b2bua.far_ip}>;tag=raw1\r\n"
+        f"To: <sip:echo@{b2bua.edge_ip}>\r\n"
+        f"Call-ID: {call_id}\r\n"
+        "CSeq: 1 INVITE\r\n"
+        f"Contact: <sip:raw@{b2bua.far_ip}:@PORT@>\r\n"
+        "Content-Type: application/sdp\r\n"
+        f"Content-Length: {len(sdp)}\r\n\r\n"
+    )
+    return head.encode() + sdp
+
+
+def send_raw(b2bua: B2buaLab, tmp_path: Path, message: bytes) -> list[str]:
+    assert b2bua.far is not None
+    path = tmp_path / "message.bin"
+    path.write_bytes(message)
+    script = Path(__file__).with_name("raw_sip.py")
+    result = b2bua.far.run(
+        [sys.executable, str(script), b2bua.far_ip, b2bua.edge_ip, "5060",
+         str(path)], timeout=15)
+    return result.stdout.splitlines()
+
+
+AUDIO = b"m=audio 7000 RTP/AVP 0\r\n"
+# Each case: the m-line and the lines after it.
+HOSTILE_SDP = {
+    "nul-in-attribute": (AUDIO, b"a=rt\x00pmap:0 PCMU/8000\r\n"),
+    "huge-payload-type": (b"m=audio 7000 RTP/AVP 4294967296\r\n",
+                          b"a=rtpmap:4294967296 PCMU/8000\r\n"),
+    "truncated-candidate": (AUDIO, b"a=candidate:1 1 UDP\r\n"),
+    "empty-crypto-key": (AUDIO, b"a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:\r\n"),
+    "bad-rtcp": (AUDIO, b"a=rtcp:notaport IN IP4\r\n"),
+    "300-candidates": (AUDIO, b"".join(
+        b"a=candidate:%d 1 UDP 2130706431 10.99.10.2 %d typ host\r\n"
+        % (n, 7000 + n) for n in range(300))),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_SDP))
+def test_hostile_sdp_gets_answer(b2bua: B2buaLab, tmp_path: Path, case: str) -> None:
+    pids = {s["worker"]: s["pid"] for s in b2bua.worker_status()}
+    media_line, extra = HOSTILE_SDP[case]
+    sdp = (
+        b"v=0\r\no=- 1 1 IN IP4 " + b2bua.far_ip.encode() + b"\r\ns=-\r\n"
+        b"c=IN IP4 " + b2bua.far_ip.encode() + b"\r\nt=0 0\r\n"
+        + media_line + extra
+    )
+    lines = send_raw(b2bua, tmp_path, raw_invite(b2bua, f"hostile-{case}", sdp))
+    finals = [line for line in lines if not line.startswith("SIP/2.0 1")]
+    assert finals, f"no final response to {case}: {lines}"
+    status = int(finals[0].split()[1])
+    # A 4xx rejects the SDP; a 200 means the bad line was ignored.
+    assert status in (200, 400, 488, 513), finals[0]
+    if case in ("huge-payload-type", "300-candidates"):
+        assert status in (400, 488, 513), f"{case} must be rejected: {finals[0]}"
+    time.sleep(0.5)
+    assert {s["worker"]: s["pid"] for s in b2bua.worker_status()} == pids, (
+        "a worker restarted")
+
+
+def test_garbage_datagram_ignored(b2bua: B2buaLab, tmp_path: Path) -> None:
+    lines = send_raw(b2bua, tmp_path, b"\x00\x01garbage\xff" * 50)
+    assert lines == []
+    code, report = b2bua.dial("echo", "--duration", "1")
+    assert code == 0, report
