@@ -44,6 +44,10 @@ TCP_RTP_FILTER = (
 RTP_FILTER = f"({UDP_RTP_FILTER}) or ({TCP_RTP_FILTER})"
 # Logged by each worker whose TURN probe at start found UDP blocked.
 _TURN_FALLBACK_RE = re.compile(r"TURN server \S+: UDP blocked, using TCP")
+_TURN_TCP_CLOSED_RE = re.compile(
+    r"session (\d+): TCP socket closed remotely ([\d.]+):\d+")
+_TURN_PEER_USAGE_RE = re.compile(
+    r"session (\d+): peer usage: .*\brp=(\d+), rb=\d+, sp=(\d+)")
 _LOG_TIME_RE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 _ICE_RE = re.compile(r"ICE completed, pair (\w+) -> (\w+) over (\w+)")
 _CLASS_RE = re.compile(r"classified (\w+)")
@@ -386,10 +390,12 @@ def scenario_remote_tcp(rig: Rig) -> ScenarioResult:
     b2bua_sent = relay_capture.count("dst", TCP_RTP_FILTER)
     b2bua_received = relay_capture.count("src", TCP_RTP_FILTER)
     result.notes.append(f"B2BUA TURN/TCP RTP tx/rx {b2bua_sent}/{b2bua_received}")
+    from_peer, to_peer = inside_tcp_allocation_usage(read_turn_log(rig, turn_offset))
+    result.notes.append(f"coturn inside TCP allocation peer rx/tx {from_peer}/{to_peer}")
     result.checks["workers fell back to TURN over TCP"] = (
         fallbacks == rig.worker_count)
-    result.checks["coturn TCP allocation from the inside"] = _turn_tcp_allocation(
-        rig, turn_offset)
+    result.checks["coturn relayed an inside TCP allocation both ways"] = (
+        from_peer >= MIN_RTP_PACKETS and to_peer >= MIN_RTP_PACKETS)
     result.checks["B2BUA RTP both ways over TURN/TCP"] = (
         b2bua_sent >= MIN_RTP_PACKETS and b2bua_received >= MIN_RTP_PACKETS)
     result.passed = (result.call_class == "remote" and result.pair == "relay -> relay"
@@ -398,17 +404,47 @@ def scenario_remote_tcp(rig: Rig) -> ScenarioResult:
 
 
 def _count_fallbacks(rig: Rig, offset: int) -> int:
-    """Return how many workers logged the TURN fallback since `offset`."""
-    lines = read_new_log(rig, offset)
-    return sum(1 for line in lines if _TURN_FALLBACK_RE.search(line))
+    """Return how many workers logged the TURN fallback since `offset`.
+
+    Waits up to 5 s for one line per worker, because the supervisor relays
+    the workers' output into the log.
+    """
+    deadline = time.monotonic() + 5
+    while True:
+        lines = read_new_log(rig, offset)
+        count = sum(1 for line in lines if _TURN_FALLBACK_RE.search(line))
+        if count >= rig.worker_count or time.monotonic() >= deadline:
+            return count
+        time.sleep(0.2)
 
 
-def _turn_tcp_allocation(rig: Rig, offset: int) -> bool:
-    """Return whether coturn logged a TCP allocation from the inside since `offset`."""
+def read_turn_log(rig: Rig, offset: int) -> str:
     with rig.turn_log.open("rb") as handle:
         handle.seek(offset)
-        text = handle.read().decode("utf-8", "replace")
-    return False
+        return handle.read().decode("utf-8", "replace")
+
+
+def inside_tcp_allocation_usage(turn_log: str) -> tuple[int, int]:
+    """Return the peer packet counts (received, sent) of the B2BUA's TCP allocation.
+
+    Picks the busiest TCP allocation that coturn served to the B2BUA's
+    inside address, or returns (0, 0) when there is none. Reads the log of
+    `turnserver --verbose` (coturn 4.6.1): a TCP session logs "TCP socket
+    closed remotely" with the client's address when it ends, then its
+    "peer usage" counters.
+    """
+    inside_sessions = {
+        match.group(1) for match in _TURN_TCP_CLOSED_RE.finditer(turn_log)
+        if match.group(2) == labrig.INSIDE_IP
+    }
+    best = (0, 0)
+    for match in _TURN_PEER_USAGE_RE.finditer(turn_log):
+        if match.group(1) not in inside_sessions:
+            continue
+        usage = (int(match.group(2)), int(match.group(3)))
+        if min(usage) > min(best):
+            best = usage
+    return best
 
 
 def scenario_federation(rig: Rig) -> ScenarioResult:

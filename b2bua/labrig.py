@@ -389,7 +389,9 @@ class Rig:
             "--no-tls", "--no-dtls", "--no-cli",
             "--allowed-peer-ip", "10.99.0.0-10.99.255.255",
             "--min-port", "49160", "--max-port", "49399",
-            "--log-file", "stdout", "--simple-log",
+            # Verbose logs name each session's transport and peer, which
+            # the TURN-over-TCP scenario checks.
+            "--verbose", "--log-file", "stdout", "--simple-log",
             "--userdb", str(self.state_dir / "turndb"),
             "--pidfile", str(self.state_dir / "turn.pid"),
         ]
