@@ -43,7 +43,7 @@ TCP_RTP_FILTER = (
 )
 RTP_FILTER = f"({UDP_RTP_FILTER}) or ({TCP_RTP_FILTER})"
 # Logged by each worker whose TURN probe at start found UDP blocked.
-_TURN_FALLBACK_RE = re.compile(r"TURN server \S+: UDP blocked, using TCP")
+TURN_FALLBACK_RE = re.compile(r"TURN server \S+: UDP blocked, using TCP")
 _TURN_TCP_CLOSED_RE = re.compile(
     r"session (\d+): TCP socket closed remotely ([\d.]+):\d+")
 _TURN_PEER_USAGE_RE = re.compile(
@@ -363,7 +363,7 @@ def scenario_remote_nat(rig: Rig) -> ScenarioResult:
 def scenario_remote_tcp(rig: Rig) -> ScenarioResult:
     """Call echo with UDP blocked on both sides: TURN over TCP on both legs.
 
-    The caller's NAT drops all UDP, so it sends SIP over TCP and asks for
+    The caller's NAT drops all UDP, so it sends SIP over TCP and requests
     TURN over TCP. The relay drops UDP from the inside, and the B2BUA is
     restarted so that its workers find that out at start and switch to TURN
     over TCP by themselves. The B2BUA is restarted again with UDP admitted
@@ -386,7 +386,7 @@ def scenario_remote_tcp(rig: Rig) -> ScenarioResult:
             relay_capture.finish()
     finally:
         rig.set_relay_udp_blocked(False)
-    # On the relay's inside leg the B2BUA is the peer: dst is what it sent.
+    # The captured host is the relay, so packets to it are what the B2BUA sent.
     b2bua_sent = relay_capture.count("dst", TCP_RTP_FILTER)
     b2bua_received = relay_capture.count("src", TCP_RTP_FILTER)
     result.notes.append(f"B2BUA TURN/TCP RTP tx/rx {b2bua_sent}/{b2bua_received}")
@@ -412,7 +412,7 @@ def _count_fallbacks(rig: Rig, offset: int) -> int:
     deadline = time.monotonic() + 5
     while True:
         lines = read_new_log(rig, offset)
-        count = sum(1 for line in lines if _TURN_FALLBACK_RE.search(line))
+        count = sum(1 for line in lines if TURN_FALLBACK_RE.search(line))
         if count >= rig.worker_count or time.monotonic() >= deadline:
             return count
         time.sleep(0.2)

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from b2bua.lab_scenarios import (
     MIN_RTP_PACKETS,
+    TURN_FALLBACK_RE,
     ScenarioResult,
     fill_from_log,
+    inside_tcp_allocation_usage,
     parse_bfcp_answer,
 )
+
+LAB_DATA = Path(__file__).resolve().parent.parent / "data" / "lab"
 
 CALL = "abc123"
 LOG = [
@@ -86,11 +92,68 @@ def test_rtp_both_ways_threshold(sent: int, received: int, both_ways: bool) -> N
 
 def test_result_line_and_row() -> None:
     result = ScenarioResult("local", call_class="local", pair="host -> host",
-                            transport="udp", setup_ms=5, ice_ms=250, rtp_sent=99,
-                            rtp_received=98, passed=True, notes=["a|b"])
+                            transport="udp", setup_ms=5, ice_ms=250,
+                            caller_ice_ms=220, rtp_sent=99, rtp_received=98,
+                            passed=True, notes=["a|b"])
     line = result.line()
     assert line.startswith("PASS local: class local, pair host -> host over udp")
-    assert "setup 5 ms, ICE 250 ms, RTP both ways yes (99/98); a|b" in line
+    assert ("setup 5 ms, ICE 250 ms (caller 220 ms), RTP both ways yes (99/98); "
+            "a|b") in line
     row = result.row("2026-01-02 10:00:00")
-    assert row.count("|") == 12, "a note's | must not split the table cell"
-    assert "| local | local | host -> host | udp | 5 | 250 | yes | 99/98 |" in row
+    assert row.count("|") == 13, "a note's | must not split the table cell"
+    assert ("| local | local | host -> host | udp | 5 | 250 | 220 | yes | 99/98 |"
+            in row)
+
+
+def test_result_without_caller_ice_time() -> None:
+    result = ScenarioResult("remote-udp-blocked", ice_ms=260)
+    assert "ICE 260 ms (caller -)" in result.line()
+    assert "| 260 | - |" in result.row("2026-01-02 10:00:00")
+
+
+def test_result_checks_in_line_and_row() -> None:
+    result = ScenarioResult("x", checks={"fell back": True, "relayed": False})
+    assert not result.checks_hold
+    assert "fell back: yes; relayed: NO" in result.line()
+    assert "fell back: yes; relayed: NO" in result.row("2026-01-02 10:00:00")
+    result.checks["relayed"] = True
+    assert result.checks_hold
+
+
+def test_inside_tcp_allocation_usage_from_coturn_log() -> None:
+    text = (LAB_DATA / "turn-tcp-session.log").read_text()
+    # The caller's TCP allocations (105/103) and the later UDP call's
+    # (103/102) do not count: only TCP sessions from the inside address do.
+    assert inside_tcp_allocation_usage(text) == (102, 102)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        # A TCP session from elsewhere.
+        ("7: : session 000000000000000004: TCP socket closed remotely "
+         "10.99.73.1:4009\n7: : session 000000000000000004: peer usage: "
+         "realm=<lab.test>, username=<lab>, rp=105, rb=1, sp=103, sb=1\n"),
+        # A UDP session from the inside logs no TCP close.
+        ("7: : session 000000000000000009: peer usage: realm=<lab.test>, "
+         "username=<lab>, rp=105, rb=1, sp=103, sb=1\n"),
+    ],
+)
+def test_inside_tcp_allocation_usage_none(text: str) -> None:
+    assert inside_tcp_allocation_usage(text) == (0, 0)
+
+
+FALLBACK_PREFIX = "2026-12-04 17:25:15,505 INFO w1 TURN server 10.99.61.2:3478: "
+
+
+@pytest.mark.parametrize(
+    ("message", "matches"),
+    [
+        ("UDP blocked, using TCP. The UDP probe failed: timed out", True),
+        ("UDP failed, using TCP. The UDP probe failed: 401", False),
+        ("UDP works again, using it", False),
+    ],
+)
+def test_turn_fallback_log_line(message: str, matches: bool) -> None:
+    assert bool(TURN_FALLBACK_RE.search(FALLBACK_PREFIX + message)) is matches
