@@ -206,6 +206,9 @@ class Leg(pj.Call):
         self.last_reason = ""
         self.audio: Any = None
         self.ice_reported = False
+        # (status, reason text) of a BYE waiting for the inactive re-INVITE.
+        self.pending_bye: tuple[int, str] | None = None
+        self.bye_deadline = 0.0
         # The last SDP offer received on this leg, as text.
         self.remote_offer: str | None = None
         # RTP received so far, and when that count last changed.
@@ -255,6 +258,10 @@ class Leg(pj.Call):
     def onCallTsxState(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
         event = prm.e
         if event.type != pj.PJSIP_EVENT_TSX_STATE:
+            return
+        if (self.pending_bye is not None and self.pair is not None
+                and pjsip_util.is_reinvite_answer(event)):
+            self.pair.send_pending_bye(self)
             return
         body = event.body.tsxState
         if (body.type == pj.PJSIP_EVENT_RX_MSG and body.tsx.method == "UPDATE"
@@ -581,6 +588,53 @@ class CallPair:
     # ----- teardown ------------------------------------------------------------
 
     def _hangup(self, leg: Leg, status: int, reason_text: str) -> None:
+        if leg.pending_bye is not None:
+            return
+        # NOTE: pjnath 2.15.1 can crash at hangup on TURN over TCP; hold first.
+        if (leg.confirmed and pjsip_util.needs_hold_before_bye(self._turn_transport(leg))
+                and pjsip_util.send_inactive_reinvite(leg)):
+            leg.pending_bye = (status, reason_text)
+            leg.bye_deadline = time.monotonic() + pjsip_util.HOLD_WAIT_S
+            log.info("call %s: holding the %s leg before BYE (TURN over TCP)",
+                     self.call_id, leg.role)
+            return
+        self._send_hangup(leg, status, reason_text)
+
+    def send_pending_bye(self, leg: Leg) -> None:
+        """Send the BYE that waited for the leg's inactive re-INVITE."""
+        if leg.pending_bye is None or leg.disconnected:
+            return
+        status, reason_text = leg.pending_bye
+        self._send_hangup(leg, status, reason_text)
+
+    def _send_overdue_byes(self, now: float) -> None:
+        for leg in (self.edge, self.target_leg):
+            if leg is not None and leg.pending_bye is not None and now >= leg.bye_deadline:
+                log.info("call %s: no answer to the hold on the %s leg; BYE",
+                         self.call_id, leg.role)
+                self.send_pending_bye(leg)
+
+    def _turn_transport(self, leg: Leg) -> str | None:
+        """Return the TURN transport of the leg's account, or None without TURN.
+
+        Mirrors how the worker builds accounts: the service's first TURN
+        server, with the monitor's current transport when it watches that
+        server. The monitor changes transports only while no call is up.
+        """
+        policy = parse_policy_name(leg.policy_name)
+        settings = self.worker.settings
+        service = settings.services.get(leg.service or "")
+        if not (policy.ice and policy.turn and service and service["turn"]):
+            return None
+        turn = service["turn"][0]
+        monitor = self.worker.turn_monitor
+        if (monitor is not None and settings.turn
+                and settings.turn[0]["server"] == turn["server"]):
+            return str(monitor.current)
+        return str(turn.get("transport", "udp"))
+
+    def _send_hangup(self, leg: Leg, status: int, reason_text: str) -> None:
+        leg.pending_bye = None
         prm = pj.CallOpParam()
         if status:
             prm.statusCode = status
@@ -611,6 +665,7 @@ class CallPair:
         if edge_done and target_done:
             self._release()
             return
+        self._send_overdue_byes(now)
         if (edge is not None and not edge_done and not edge.ice_reported
                 and now - self.last_ice_check >= ICE_CHECK_INTERVAL_S):
             self.last_ice_check = now

@@ -443,6 +443,8 @@ def make_tone(frequency: int) -> Any:
 
 # Seconds to wait for the answer to the inactive re-INVITE before the BYE.
 HOLD_WAIT_S = 1.0
+# Seconds between that answer and the BYE, for media already in flight.
+HOLD_DRAIN_S = 0.5
 
 
 def needs_hold_before_bye(turn_transport: str | None) -> bool:
@@ -484,7 +486,10 @@ def is_reinvite_answer(event: Any) -> bool:
     """
     if event.type != pj.PJSIP_EVENT_TSX_STATE:
         return False
-    tsx = event.body.tsxState.tsx
+    tsx_state = event.body.tsxState
+    if tsx_state.type != pj.PJSIP_EVENT_RX_MSG:
+        return False
+    tsx = tsx_state.tsx
     return bool(
         tsx.role == pj.PJSIP_ROLE_UAC
         and tsx.method == "INVITE"
@@ -625,8 +630,9 @@ class ToneCall(pj.Call):
         self._note_received(prm.e)
         if self._holding and is_reinvite_answer(prm.e):
             self._holding = False
-            log.info("%s: on hold; sending BYE", self.call_id_text)
-            self._send_hangup()
+            log.info("%s: hold answered; BYE in %.1f s", self.call_id_text,
+                     HOLD_DRAIN_S)
+            self.loop.call_later(HOLD_DRAIN_S, self._send_hangup)
 
     def _note_received(self, event: Any) -> None:
         """Record the status and SDP of a message received on the INVITE."""
@@ -649,7 +655,8 @@ class ToneCall(pj.Call):
 
     def sample(self) -> None:
         """Record the current RTP counters, codec and ICE pair."""
-        if self.ended:
+        # After our hangup starts, a hold may restart the stream's counters.
+        if self.ended or self.hangup_requested:
             return
         counts = rtp_counts(self)
         if counts is not None:
