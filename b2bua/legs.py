@@ -196,6 +196,7 @@ class Leg(pj.Call):
     def __init__(self, account: PolicyAccount, pair: CallPair | None, role: str,
                  call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(account, call_id)
+        self.worker = account.worker
         self.policy_name = account.policy_name
         self.service = account.service
         self.pair = pair
@@ -219,6 +220,9 @@ class Leg(pj.Call):
     def reject_incoming(account: PolicyAccount, call_id: int, status: int,
                         reason: str) -> None:
         leg = Leg(account, None, "edge", call_id)
+        # Held before answering, since the rejection can disconnect the call
+        # (and drop it from this list) before answer() returns.
+        account.worker.rejected_legs.append(leg)
         prm = pj.CallOpParam()
         prm.statusCode = status
         prm.reason = reason
@@ -226,7 +230,6 @@ class Leg(pj.Call):
             leg.answer(prm)
         except pj.Error as error:
             log.warning("could not reject call: %s", error.info())
-        account.worker.rejected_legs.append(leg)
 
     @guarded
     def onCallState(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
@@ -239,6 +242,24 @@ class Leg(pj.Call):
             self.disconnected = True
         if self.pair is not None:
             self.pair.on_leg_state(self, info)
+        if self.disconnected:
+            self.release()
+
+    def release(self) -> None:
+        """Drop every reference to this leg, inside its DISCONNECTED callback.
+
+        pjsua frees the call slot right after this callback and reuses it
+        for the next call. pjsua2's Call destructor hangs up whatever call
+        holds the slot it was created for, so a Leg destroyed later could
+        decline (603) a new call that took the same slot.
+        """
+        self.audio = None
+        if self.pair is not None:
+            self.pair.forget(self)
+            self.pair = None
+        rejected = self.worker.rejected_legs
+        if self in rejected:
+            rejected.remove(self)
 
     @guarded
     def onCallMediaState(self, prm: Any) -> None:  # noqa: N802 (pjsua2 API)
@@ -317,6 +338,13 @@ class CallPair:
         self.bridged = False
         self.finished = False
         self.last_ice_check = 0.0
+
+    def forget(self, leg: Leg) -> None:
+        """Stop referring to a disconnected leg (see `Leg.release`)."""
+        if self.edge is leg:
+            self.edge = None
+        if self.target_leg is leg:
+            self.target_leg = None
 
     def sdp_rules_for(self, leg: Leg) -> RuleSet | None:
         """Return the operator's SDP rules for what this pair sends on `leg`."""
