@@ -686,9 +686,9 @@ def classify(
 
     for warning in warnings:
         _warning_log.warning(call_id, warning)
-    logger.info("call %s classified %s", call_id, reason)
+    logger.debug("call %s classified %s", call_id, reason)
     if verdict is not None:
-        logger.info(
+        logger.debug(
             "call %s: federation rejected with %d: %s",
             call_id,
             verdict.status,

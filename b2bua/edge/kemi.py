@@ -53,6 +53,14 @@ TRIED_WORKERS_AVP = "$avp(b2bua_tried_workers)"
 ALLOWED_METHODS = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK"
 HEADER_PREFIX_RE = "^X-B2BUA-"
 WARNING_AGENT = "b2bua-edge"
+# NOTE: pjsip 2.15.1 in the workers cuts messages over about 4,000 bytes,
+# and a cut INVITE can abort a worker, so the edge never forwards one.
+WORKER_MESSAGE_LIMIT = 3950
+# Bytes of the Via and Record-Route headers, and the longer To URI, that the
+# edge adds toward a worker (measured about 300; the rest is margin).
+EDGE_HEADER_ALLOWANCE = 450
+# Larger bodies are refused before any parsing.
+MAX_BODY_BYTES = 32768
 # Rules for an offer from outside before a worker answers it. Only rules
 # that keep every m-line belong here: the worker's answer must mirror the
 # caller's m-lines, and pjsua refuses the non-audio ones itself.
@@ -245,9 +253,7 @@ class EdgeHandler:
                          f"{worker['id'] if worker else self._source()}\n")
             if method == "INVITE":
                 KSR.rr.record_route()
-            if (method in ("INVITE", "UPDATE", "ACK", "PRACK")
-                    and self._worker_for_source() is None
-                    and KSR.textops.has_body() > 0
+            if (self._worker_for_source() is None
                     and not self._normalize_for_worker(None, None, initial=False)):
                 return
             KSR.tm.t_relay()
@@ -318,8 +324,6 @@ class EdgeHandler:
             return
         edge_policy = self._edge_policy(call_class, listener, service)
         srtp = media_policy.parse_policy_name(edge_policy).srtp
-        if not self._normalize_for_worker(message, srtp, initial=True):
-            return
         target = route.target
         target_policy = media_policy.MediaPolicy(
             ice=bool(target.ice), turn=False, srtp=target.srtp or "off"
@@ -334,6 +338,14 @@ class EdgeHandler:
             "answer_timeout": target.answer_timeout,
             "service": target.service or service,
         }, separators=(",", ":"))
+        added_headers = (
+            f"X-B2BUA-Route: {route_header}\r\n"
+            f"X-B2BUA-Class: {class_header}\r\n"
+            f"X-B2BUA-Source: {self._source()}\r\n"
+        )
+        if not self._normalize_for_worker(message, srtp, initial=True,
+                                          added_bytes=len(added_headers)):
+            return
 
         worker = self._pick_worker()
         if worker is None:
@@ -345,9 +357,7 @@ class EdgeHandler:
         KSR.info(f"call {call_id}: class {call_class}: routed by rule "
                  f"{route.rule_name} to {target.name}; worker {worker['id']}, "
                  f"service {service}, edge-leg policy {edge_policy}\n")
-        KSR.hdr.append(f"X-B2BUA-Route: {route_header}\r\n")
-        KSR.hdr.append(f"X-B2BUA-Class: {class_header}\r\n")
-        KSR.hdr.append(f"X-B2BUA-Source: {self._source()}\r\n")
+        KSR.hdr.append(added_headers)
         # pjsua picks the account, and so the media policy, by the To URI.
         # The uac module restores the caller's To in every reply and later
         # request of the dialog.
@@ -363,22 +373,25 @@ class EdgeHandler:
             KSR.sl.sl_send_reply(500, "Could Not Reach Worker")
 
     def _normalize_for_worker(self, message: SipMessage | None, srtp: str | None,
-                              initial: bool) -> bool:
-        """Fit the request's SDP to what a worker can parse and answer.
+                              initial: bool, added_bytes: int = 0) -> bool:
+        """Fit the request to what a worker can parse and answer.
 
         Selects the SDP part of a multipart body, shrinks the message under
-        the worker's size limit, drops SRTP keys with an MKI and checks the
-        SRTP policy. Replies with the error itself and returns False when
-        the request cannot go on.
+        the worker's size limit (counting the `added_bytes` of headers the
+        edge adds, and its Via and Record-Route), drops SRTP keys with an
+        MKI and checks the SRTP policy. Replies with the error itself and
+        returns False when the request cannot go on.
         """
         call_id = KSR.pv.get("$ci")
         method = KSR.pv.get("$rm")
         try:
             if message is None:
                 message = parse_message(KSR.pv.get("$mb").encode("utf-8", "replace"))
-            if not message.body.strip():
-                return True
-            normalized = normalize_for_worker(message)
+            if len(message.body) > MAX_BODY_BYTES:
+                raise MessageTooLarge(
+                    f"body of {len(message.body)} bytes, max {MAX_BODY_BYTES}", 513)
+            limit = WORKER_MESSAGE_LIMIT - EDGE_HEADER_ALLOWANCE - added_bytes
+            normalized = normalize_for_worker(message, limit)
             sdp = normalized.sdp
             if sdp is not None and method != "ACK":
                 sdp = self.incoming_offer_rules.apply(
@@ -392,7 +405,8 @@ class EdgeHandler:
         except MessageTooLarge as error:
             KSR.info(f"call {call_id}: {method} too large for a worker "
                      f"({error.reason}); {error.status}\n")
-            self._reply_error(error.status, "Message Too Large", error.reason)
+            phrase = "Message Too Large" if error.status == 513 else "Not Acceptable Here"
+            self._reply_error(error.status, phrase, error.reason)
             return False
         except SdpError as error:
             reason = "Not Acceptable Here" if error.status == 488 else "Bad SDP"
