@@ -9,6 +9,8 @@ not wait for the dialogs to time out.
 
 from __future__ import annotations
 
+import ctypes
+import fcntl
 import json
 import logging
 import os
@@ -37,6 +39,7 @@ log = logging.getLogger("b2bua.supervisor")
 KAMAILIO = "/usr/sbin/kamailio"
 KAMCMD = "/usr/sbin/kamcmd"
 POLL_INTERVAL_S = 0.2
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 STOP_TIMEOUT_S = 8.0
 # Restarting faster than this after a crash loop would only burn CPU.
 MAX_RESTART_BACKOFF_S = 10.0
@@ -228,6 +231,7 @@ class Supervisor:
         self.children: list[Child] = []
         self.edge: Child | None = None
         self.paths: dict[str, str] = {}
+        self.lock_file: Any = None
         self.runtime: dict[str, Any] = {}
 
     # ----- start -------------------------------------------------------------
@@ -244,7 +248,14 @@ class Supervisor:
             for service in self.cfg.services
         }
         self.runtime = build_runtime(self.cfg, media_addresses)
-        os.makedirs(os.path.join(self.runtime_dir, "workers"), exist_ok=True)
+        try:
+            os.makedirs(os.path.join(self.runtime_dir, "workers"), exist_ok=True)
+        except OSError as error:
+            raise SupervisorError(
+                f"runtime_dir {self.runtime_dir}: cannot create it ({error.strerror}); "
+                "set runtime_dir to a writable folder"
+            ) from None
+        self._lock_runtime_dir()
         for stale in os.listdir(os.path.join(self.runtime_dir, "workers")):
             os.unlink(os.path.join(self.runtime_dir, "workers", stale))
         runtime_file = os.path.join(self.runtime_dir, "runtime.json")
@@ -292,6 +303,28 @@ class Supervisor:
             self._spawn(child)
         self._spawn(self.edge)
 
+    def _lock_runtime_dir(self) -> None:
+        """Hold a lock on runtime_dir, so a second `b2bua run` cannot share it.
+
+        Two supervisors on one runtime_dir would overwrite each other's
+        Kamailio config, control socket and worker status files.
+        """
+        path = os.path.join(self.runtime_dir, "supervisor.lock")
+        self.lock_file = open(path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(self.lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.lock_file.seek(0)
+            owner = self.lock_file.read().strip() or "?"
+            raise SupervisorError(
+                f"runtime_dir {self.runtime_dir} is in use by another b2bua run "
+                f"(pid {owner}); stop it, or give this one another runtime_dir"
+            ) from None
+        self.lock_file.seek(0)
+        self.lock_file.truncate()
+        self.lock_file.write(f"{os.getpid()}\n")
+        self.lock_file.flush()
+
     def _spawn(self, child: Child) -> None:
         env = dict(os.environ)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -299,10 +332,14 @@ class Supervisor:
         is_edge = child is self.edge
         # Kamailio prints its listener table on stdout and logs on stderr;
         # both go through the relay so that only the script's lines show.
+        # Kamailio runs in its own process group so that all of its children
+        # can be stopped together, and every child dies with the supervisor.
         child.process = subprocess.Popen(
             child.argv, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if is_edge else None,
             stderr=subprocess.STDOUT if is_edge else None,
+            start_new_session=is_edge,
+            preexec_fn=_die_with_parent,
         )
         child.started_at = time.monotonic()
         if is_edge and child.process.stdout is not None:
@@ -348,7 +385,11 @@ class Supervisor:
         log.warning("%s (pid %d) exited with status %s after %.1f s; restarting",
                     child.name, process.pid, code, uptime)
         child.process = None
-        if child is not self.edge:
+        if child is self.edge:
+            # Kamailio's children outlive a killed main process and keep
+            # its ports, so the restart would fail to bind.
+            _kill_group(process.pid)
+        else:
             self._drop_worker_calls(child)
         child.restarts += 1
         backoff = 0.0 if uptime > 30 else min(MAX_RESTART_BACKOFF_S,
@@ -441,8 +482,22 @@ class Supervisor:
         if self.edge is not None and self.edge.process is not None:
             _signal(self.edge.process, signal.SIGTERM)
             _wait_all([self.edge.process], STOP_TIMEOUT_S)
+            _kill_group(self.edge.process.pid)
         log.info("stopped")
         return 0
+
+
+def _die_with_parent() -> None:
+    """Ask the kernel to send SIGTERM to this child when the supervisor dies."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal(process: subprocess.Popen[bytes], signum: int) -> None:

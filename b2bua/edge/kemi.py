@@ -52,6 +52,7 @@ WORKER_FULL_REASON = "Worker Full"
 TRIED_WORKERS_AVP = "$avp(b2bua_tried_workers)"
 ALLOWED_METHODS = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK"
 HEADER_PREFIX_RE = "^X-B2BUA-"
+IN_DIALOG_METHODS = ("BYE", "UPDATE", "INFO", "PRACK", "REFER", "NOTIFY")
 WARNING_AGENT = "b2bua-edge"
 # NOTE: pjsip 2.15.1 in the workers cuts messages over about 4,000 bytes,
 # and a cut INVITE can abort a worker, so the edge never forwards one.
@@ -225,6 +226,8 @@ class EdgeHandler:
         if method == "CANCEL":
             if KSR.tm.t_check_trans() > 0:
                 KSR.tm.t_relay()
+            else:
+                KSR.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
             return
         if method == "ACK":
             if KSR.tm.t_check_trans() > 0:
@@ -235,6 +238,10 @@ class EdgeHandler:
         if method == "OPTIONS" and not KSR.pv.get("$rU"):
             KSR.hdr.append_to_reply(f"Allow: {ALLOWED_METHODS}\r\n")
             KSR.sl.sl_send_reply(200, "OK")
+            return
+        if method in IN_DIALOG_METHODS:
+            # Only valid inside a dialog, and this one carries no To tag.
+            KSR.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
             return
         if method != "INVITE":
             KSR.hdr.append_to_reply(f"Allow: {ALLOWED_METHODS}\r\n")
@@ -262,7 +269,7 @@ class EdgeHandler:
             if KSR.tm.t_check_trans() > 0:
                 KSR.tm.t_relay()
             return
-        KSR.sl.sl_send_reply(404, "Not Here")
+        KSR.sl.sl_send_reply(481, "Call/Transaction Does Not Exist")
 
     def _route_outgoing_leg(self, worker: dict[str, Any]) -> None:
         call_id = KSR.pv.get("$ci")
