@@ -142,7 +142,7 @@ def _check_status(ctx: click.Context, param: click.Parameter, value: int) -> int
 )
 @click.option(
     "--port",
-    default=5070,
+    default=5090,
     show_default=True,
     type=click.IntRange(1, 65535),
     help="SIP port (UDP and TCP).",
