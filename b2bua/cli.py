@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import time
 
 import click
 
@@ -48,6 +49,10 @@ def run_command(config_path: str | None) -> None:
         sys.exit(2)
 
 
+# Workers rewrite their status file at least every 2 s.
+STALE_STATUS_S = 10.0
+
+
 @main.command("status")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False),
               help="The config `b2bua run` was started with.")
@@ -61,35 +66,68 @@ def status_command(config_path: str | None, as_json: bool) -> None:
         sys.exit(2)
     folder = os.path.join(cfg.runtime_dir, "workers")
     workers = []
-    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    # Numeric order: w2 before w10.
+    names.sort(key=lambda name: (len(name), name))
+    now = time.time()
+    for name in names:
         if not name.endswith(".json"):
             continue
+        path = os.path.join(folder, name)
         try:
-            with open(os.path.join(folder, name), encoding="utf-8") as handle:
-                workers.append(json.load(handle))
+            with open(path, encoding="utf-8") as handle:
+                worker = json.load(handle)
+            worker["status_age_s"] = round(now - os.path.getmtime(path), 1)
         except (OSError, ValueError):
             continue
+        workers.append(worker)
     for worker in workers:
         worker["running"] = _pid_alive(int(worker.get("pid", 0)))
+        # A worker rewrites its file every few seconds; an old file means
+        # its event loop is stuck.
+        worker["responding"] = (worker["running"]
+                                and worker["status_age_s"] <= STALE_STATUS_S)
+    edge_pid = _read_pid(os.path.join(cfg.runtime_dir, "kamailio.pid"))
+    edge = {"pid": edge_pid, "running": _pid_alive(edge_pid)}
+    healthy = bool(workers) and edge["running"] and all(
+        worker["responding"] for worker in workers)
     if as_json:
-        click.echo(json.dumps({"workers": workers}))
-        return
+        click.echo(json.dumps({"edge": edge, "workers": workers,
+                               "healthy": healthy}))
+        sys.exit(0 if healthy else 1)
     if not workers:
         click.echo(f"no worker status in {folder}; is `b2bua run` running?")
         sys.exit(1)
+    click.echo(f"edge: pid {edge_pid}, " + ("running" if edge["running"]
+                                             else "NOT RUNNING"))
     for worker in workers:
-        if not _pid_alive(int(worker.get("pid", 0))):
+        if not worker["running"]:
             click.echo(f"{worker['worker']}: not running (stale status of pid "
                        f"{worker.get('pid')})")
             continue
+        state = "" if worker["responding"] else (
+            f", NOT RESPONDING (status {worker['status_age_s']:.0f} s old)")
         click.echo(
             f"{worker['worker']}: pid {worker['pid']}, "
             f"{worker['bridged_calls']} bridged call(s), "
             f"{worker['pjsua_calls']} pjsua call(s), "
             f"{worker['conference_ports']} conference port(s), "
             f"{worker['open_sockets']} socket(s), "
-            f"{worker['calls_handled']} handled"
+            f"{worker['calls_handled']} handled{state}"
         )
+        for call in worker.get("calls", []):
+            click.echo(f"  call {call['call_id']}: {call['class']} to "
+                       f"{call['target']}, {call['age_s']} s"
+                       + ("" if call["answered"] else ", not answered"))
+    sys.exit(0 if healthy else 1)
+
+
+def _read_pid(path: str) -> int:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return int(handle.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
 
 
 def _pid_alive(pid: int) -> bool:

@@ -421,6 +421,13 @@ class Worker:
             "calls_handled": self.calls_handled,
             "uptime_s": round(now - self.started_at, 1),
             "stopping": self.stopping,
+            "calls": [
+                {"call_id": pair.call_id, "class": pair.class_name,
+                 "target": pair.target.name,
+                 "age_s": round(now - pair.created),
+                 "answered": pair.answered_at is not None}
+                for pair in self.pairs if not pair.finished
+            ],
         }
         text = json.dumps(status, sort_keys=True)
         if text == self._last_status_text and not force:

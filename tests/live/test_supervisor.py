@@ -124,3 +124,20 @@ def test_killed_supervisor_leaves_nothing(
     while time.monotonic() < deadline and processes_using(tmp):
         time.sleep(0.2)
     assert processes_using(tmp) == [], "children outlived the supervisor"
+
+
+def test_status_reports_edge_and_calls(
+        running: tuple[Path, subprocess.Popen[bytes]]) -> None:
+    tmp, _ = running
+    caller = subprocess.Popen(
+        cli_argv("dial", f"sip:echo@127.0.0.1:{EDGE_PORT}", "--no-ice", "--bind",
+                 "127.0.0.1", "--json", "--duration", "4"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
+    time.sleep(2.5)
+    status = subprocess.run(cli_argv("status", "--config", str(tmp / "b2bua.yaml")),
+                            capture_output=True, text=True, env=child_env(), timeout=30)
+    caller.communicate(timeout=30)
+    assert status.returncode == 0, status.stdout + status.stderr
+    lines = status.stdout.splitlines()
+    assert lines[0].startswith("edge: pid") and lines[0].endswith("running")
+    assert any(line.startswith("  call ") and "to echo" in line for line in lines), lines
