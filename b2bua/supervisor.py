@@ -40,6 +40,8 @@ KAMAILIO = "/usr/sbin/kamailio"
 KAMCMD = "/usr/sbin/kamcmd"
 POLL_INTERVAL_S = 0.2
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+# A worker whose status file is older than this is hung and gets killed.
+WORKER_STALL_S = 30.0
 STOP_TIMEOUT_S = 8.0
 # Restarting faster than this after a crash loop would only burn CPU.
 MAX_RESTART_BACKOFF_S = 10.0
@@ -285,6 +287,7 @@ class Supervisor:
                 "--index", str(index),
             ])
             child.extra["uri"] = f"sip:{worker['address']}:{worker['port']}"
+            child.extra["status_file"] = worker["status_file"]
             self.children.append(child)
 
     def start(self) -> None:
@@ -380,6 +383,8 @@ class Supervisor:
             return
         code = process.poll()
         if code is None:
+            if child is not self.edge:
+                self._watch_worker(child, process, now)
             return
         uptime = now - child.started_at
         log.warning("%s (pid %d) exited with status %s after %.1f s; restarting",
@@ -395,6 +400,25 @@ class Supervisor:
         backoff = 0.0 if uptime > 30 else min(MAX_RESTART_BACKOFF_S,
                                               0.5 * 2 ** min(child.restarts, 5))
         child.next_start = now + backoff
+
+    def _watch_worker(self, child: Child, process: subprocess.Popen[bytes],
+                      now: float) -> None:
+        """Kill a worker whose event loop stopped, so that it is restarted.
+
+        A live worker rewrites its status file every 2 s; a file older than
+        WORKER_STALL_S means the process hangs (stopped, deadlocked).
+        """
+        if now - child.started_at < WORKER_STALL_S:
+            return
+        try:
+            age = time.time() - os.path.getmtime(child.extra["status_file"])
+        except OSError:
+            age = now - child.started_at
+        if age < WORKER_STALL_S:
+            return
+        log.warning("%s (pid %d) has not updated its status for %.0f s; killing it",
+                    child.name, process.pid, age)
+        _signal(process, signal.SIGKILL)
 
     def _drop_worker_calls(self, child: Child) -> None:
         """End a dead worker's dialogs at the edge and stop sending it calls.

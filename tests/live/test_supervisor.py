@@ -5,6 +5,7 @@ Runs on loopback with ICE off (no namespaces needed), on ports of its own.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -141,3 +142,25 @@ def test_status_reports_edge_and_calls(
     lines = status.stdout.splitlines()
     assert lines[0].startswith("edge: pid") and lines[0].endswith("running")
     assert any(line.startswith("  call ") and "to echo" in line for line in lines), lines
+
+
+def test_hung_worker_restarted(running: tuple[Path, subprocess.Popen[bytes]]) -> None:
+    tmp, _ = running
+    status_file = tmp / "run" / "workers" / "w0.json"
+    old_pid = json.loads(status_file.read_text())["pid"]
+    os.kill(old_pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 60
+    new_pid = old_pid
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        try:
+            new_pid = json.loads(status_file.read_text())["pid"]
+        except (OSError, ValueError):
+            continue
+        if new_pid != old_pid:
+            break
+    assert new_pid != old_pid, "the hung worker was not replaced"
+    log = (tmp / "run.log").read_text(errors="replace")
+    assert "has not updated its status" in log
+    code, report = dial_echo()
+    assert code == 0, report
