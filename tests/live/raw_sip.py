@@ -1,7 +1,7 @@
 """Send one raw SIP message over UDP and print the status lines received.
 
 Run inside a test namespace: `python3 raw_sip.py BIND HOST PORT FILE`.
-FILE holds the message bytes as they go on the wire (no line-end
+FILE contains the message bytes as they go on the wire (no line-end
 conversion), so tests can send malformed and binary messages. It waits
 up to 3 s for responses, and prints each status line. A 200 to an INVITE
 is acknowledged and the call ended with BYE, so no call is left behind.

@@ -2,8 +2,8 @@
 
 The edge namespace has an inside network (toward `far`, where the trunk
 target runs) and an outside network (toward `out`, where remote callers
-are). Each service has its own listener, media address and classification;
-a dialplan rule sends calls from the outside service to a target that
+are). Each service has its own listener, media address and classification.
+A dialplan rule sends calls from the outside service to a target that
 leaves through the inside service. Needs root.
 """
 

@@ -140,7 +140,8 @@ def test_status_reports_edge_and_calls(
     caller.communicate(timeout=30)
     assert status.returncode == 0, status.stdout + status.stderr
     lines = status.stdout.splitlines()
-    assert lines[0].startswith("edge: pid") and lines[0].endswith("running")
+    assert lines[0].startswith("edge: pid")
+    assert lines[0].endswith("running")
     assert any(line.startswith("  call ") and "to echo" in line for line in lines), lines
 
 
