@@ -20,7 +20,7 @@ apt-get install -y -qq --no-install-recommends \
     kamailio kamailio-python3-modules kamailio-tls-modules \
     kamailio-extra-modules \
     sip-tester coturn baresip \
-    iproute2 iptables procps openssl ca-certificates \
+    iproute2 iptables procps tcpdump openssl ca-certificates \
     python3 python3-venv python3-pip >/dev/null
 
 # coturn's package enables a system service on some installs; the tests start
