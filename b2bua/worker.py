@@ -36,7 +36,11 @@ log = logging.getLogger("b2bua.worker")
 # pjsua's compiled PJSUA_MAX_CALLS: two bridged calls of two legs each.
 MAX_BRIDGED_CALLS = 2
 EVENT_LOOP_TIMEOUT_MS = 100
+IDLE_EVENT_LOOP_TIMEOUT_MS = 1000
 STATUS_INTERVAL_S = 2.0
+# Idle workers write less often; `b2bua status` and the supervisor's
+# watchdog allow 10 s and 30 s before they call a worker stuck.
+IDLE_STATUS_INTERVAL_S = 5.0
 TURN_REPROBE_INTERVAL_S = 60.0
 # Worst case of one probe round: three transports, each 1 s x 2 tries.
 TURN_STARTUP_PROBE_WAIT_S = 7.0
@@ -305,7 +309,12 @@ class Worker:
 
     def run(self) -> None:
         while True:
-            self.endpoint.libHandleEvents(EVENT_LOOP_TIMEOUT_MS)
+            # pjsip returns early for every SIP event and timer, so a long
+            # wait only delays this loop's own checks, which idle workers
+            # do not need.
+            busy = bool(self.pairs or self.rejected_legs or self.stopping)
+            self.endpoint.libHandleEvents(
+                EVENT_LOOP_TIMEOUT_MS if busy else IDLE_EVENT_LOOP_TIMEOUT_MS)
             now = time.monotonic()
             self.rejected_legs = [leg for leg in self.rejected_legs
                                   if not leg.disconnected]
@@ -406,7 +415,8 @@ class Worker:
 
     def write_status(self, force: bool = False) -> None:
         now = time.monotonic()
-        if not force and now - self._last_status < STATUS_INTERVAL_S:
+        interval = STATUS_INTERVAL_S if self.pairs else IDLE_STATUS_INTERVAL_S
+        if not force and now - self._last_status < interval:
             return
         self._last_status = now
         status = {
