@@ -172,3 +172,21 @@ def test_settings_fit_config_limits(quick: bool) -> None:
     assert 1 <= settings.workers_needed() <= 256
     assert settings.workers_needed() * 2 >= max(settings.ramp_steps)
     assert settings.sipp_pairs() >= 1
+
+
+def test_ice_table_reports_completion_times() -> None:
+    from bench_lib.report import ice_table
+
+    class Result:
+        mode = "host candidates"
+        reports = [
+            {"setup_ms": 20, "answered": True,
+             "ice": {"state": "completed", "completed_ms": 240}},
+            {"setup_ms": 30, "answered": True, "ice": {"state": "completed"}},
+        ]
+
+    row = ice_table([Result()])[-1]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[3] == "2"
+    assert cells[6] == "240"
+    assert cells[7] == "240"
