@@ -233,6 +233,34 @@ class B2buaLab:
         raise RuntimeError(f"b2bua answer on port {port} did not start")
 
 
+def start_coturn(namespace: Namespace, address: str, tmp: Path, *, port: int,
+                 relay_ports: tuple[int, int], user: str, password: str) -> Path:
+    """Start coturn with long-term credentials in `namespace`; return its log.
+
+    Relaying is allowed only to the lab network, and the log is verbose so
+    tests can read allocations from it.
+    """
+    log_path = tmp / "turn.log"
+    argv = [
+        "turnserver", "-n", "--listening-ip", address, "--relay-ip", address,
+        "--listening-port", str(port), "--lt-cred-mech",
+        "--user", f"{user}:{password}", "--realm", "lab.test",
+        "--no-tls", "--no-dtls", "--no-cli",
+        "--allowed-peer-ip", "10.99.0.0-10.99.255.255",
+        "--min-port", str(relay_ports[0]), "--max-port", str(relay_ports[1]),
+        "--log-file", "stdout", "--simple-log", "--verbose",
+        "--userdb", str(tmp / "turndb"), "--pidfile", str(tmp / "turn.pid"),
+    ]
+    with log_path.open("w") as log:
+        namespace.popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if "Relay ports initialization done" in log_path.read_text(errors="replace"):
+            return log_path
+        time.sleep(0.1)
+    raise AssertionError(f"coturn did not start: {log_path.read_text()[-2000:]}")
+
+
 def parse_report(out: bytes, err: bytes) -> dict[str, Any]:
     for line in reversed(out.decode("utf-8", "replace").splitlines()):
         line = line.strip()

@@ -11,14 +11,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.live.b2bua_lab import B2buaLab, read_reports
+from tests.live.b2bua_lab import B2buaLab, read_reports, start_coturn
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns"),
@@ -32,25 +31,9 @@ TURN_PASSWORD = "labsecret"
 
 def start_turnserver(lab: B2buaLab, tmp: Path) -> Path:
     assert lab.edge is not None
-    log_path = tmp / "turn.log"
-    argv = [
-        "turnserver", "-n", "--listening-ip", lab.edge_ip, "--relay-ip", lab.edge_ip,
-        "--listening-port", "3478", "--lt-cred-mech",
-        "--user", f"{TURN_USER}:{TURN_PASSWORD}", "--realm", "lab.test",
-        "--no-tls", "--no-dtls", "--no-cli",
-        "--allowed-peer-ip", "10.99.0.0-10.99.255.255",
-        "--min-port", "49160", "--max-port", "49299",
-        "--log-file", "stdout", "--simple-log", "--verbose",
-        "--userdb", str(tmp / "turndb"), "--pidfile", str(tmp / "turn.pid"),
-    ]
-    with log_path.open("w") as log:
-        lab.edge.popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if "Relay ports initialization done" in log_path.read_text(errors="replace"):
-            return log_path
-        time.sleep(0.1)
-    raise AssertionError(f"coturn did not start: {log_path.read_text()[-2000:]}")
+    return start_coturn(lab.edge, lab.edge_ip, tmp, port=3478,
+                        relay_ports=(49160, 49299), user=TURN_USER,
+                        password=TURN_PASSWORD)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.live.b2bua_lab import B2buaLab, child_env
+from tests.live.b2bua_lab import B2buaLab, child_env, start_coturn
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns"),
@@ -41,27 +41,10 @@ def check_argv(*args: str) -> list[str]:
 
 
 def start_turnserver(lab: B2buaLab, tmp: Path) -> Path:
-    """Start coturn in the far namespace and wait until its relay ports are up."""
     assert lab.far is not None
-    log_path = tmp / "turn.log"
-    argv = [
-        "turnserver", "-n", "--listening-ip", lab.far_ip, "--relay-ip", lab.far_ip,
-        "--listening-port", str(TURN_PORT), "--lt-cred-mech",
-        "--user", f"{TURN_USER}:{TURN_PASSWORD}", "--realm", "lab.test",
-        "--no-tls", "--no-dtls", "--no-cli",
-        "--allowed-peer-ip", "10.99.0.0-10.99.255.255",
-        "--min-port", "49300", "--max-port", "49399",
-        "--log-file", "stdout", "--simple-log", "--verbose",
-        "--userdb", str(tmp / "turndb"), "--pidfile", str(tmp / "turn.pid"),
-    ]
-    with log_path.open("w") as log:
-        lab.far.popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if "Relay ports initialization done" in log_path.read_text(errors="replace"):
-            return log_path
-        time.sleep(0.1)
-    raise AssertionError(f"coturn did not start: {log_path.read_text()[-2000:]}")
+    return start_coturn(lab.far, lab.far_ip, tmp, port=TURN_PORT,
+                        relay_ports=(49300, 49399), user=TURN_USER,
+                        password=TURN_PASSWORD)
 
 
 @pytest.fixture(scope="module")
