@@ -643,23 +643,9 @@ class CallPair:
                 self.send_pending_bye(leg)
 
     def _turn_transport(self, leg: Leg) -> str | None:
-        """Return the TURN transport of the leg's account, or None without TURN.
-
-        Mirrors how the worker builds accounts: the service's first TURN
-        server, with the monitor's current transport when it watches that
-        server. The monitor changes transports only while no call is up.
-        """
-        policy = parse_policy_name(leg.policy_name)
-        settings = self.worker.settings
-        service = settings.services.get(leg.service or "")
-        if not (policy.ice and policy.turn and service and service["turn"]):
-            return None
-        turn = service["turn"][0]
-        monitor = self.worker.turn_monitor
-        if (monitor is not None and settings.turn
-                and settings.turn[0]["server"] == turn["server"]):
-            return str(monitor.current)
-        return str(turn.get("transport", "udp"))
+        """Return the TURN transport of the leg's account, or None without TURN."""
+        turn_use = self.worker.turn_for(leg.service or "", leg.policy_name)
+        return turn_use[2] if turn_use is not None else None
 
     def _send_hangup(self, leg: Leg, status: int, reason_text: str) -> None:
         leg.pending_bye = None

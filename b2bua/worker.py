@@ -258,15 +258,9 @@ class Worker:
             pj.PJSUA_STUN_USE_DEFAULT if policy.ice and s.stun
             else pj.PJSUA_STUN_USE_DISABLED
         )
-        if policy.ice and policy.turn and service["turn"]:
-            # NOTE: pjsua takes one TURN server per account: the service's first.
-            turn = service["turn"][0]
-            transport = turn.get("transport", "udp")
-            server = turn["server"]
-            monitored = bool(s.turn) and s.turn[0]["server"] == server
-            if self.turn_monitor is not None and monitored:
-                transport = self.turn_monitor.current
-                server = self.turn_monitor.server_for(transport)
+        turn_use = self.turn_for(service_name, policy_name)
+        if turn_use is not None:
+            turn, server, transport = turn_use
             nat.turnEnabled = True
             nat.turnServer = server
             nat.turnConnType = {
@@ -278,6 +272,27 @@ class Worker:
             nat.turnPasswordType = 0
             nat.turnPassword = turn.get("password", "")
         return cfg
+
+    def turn_for(self, service_name: str,
+                 policy_name: str) -> tuple[dict[str, Any], str, str] | None:
+        """Return (TURN entry, server, transport) an account uses, or None.
+
+        The transport is the configured one, or the TURN monitor's current
+        choice when the monitor watches that server.
+        """
+        policy = media_policy.parse_policy_name(policy_name)
+        service = self.settings.services.get(service_name)
+        if not (policy.ice and policy.turn and service and service["turn"]):
+            return None
+        # NOTE: pjsua takes one TURN server per account: the service's first.
+        turn = service["turn"][0]
+        transport = str(turn.get("transport", "udp"))
+        server = str(turn["server"])
+        monitored = bool(self.settings.turn) and self.settings.turn[0]["server"] == server
+        if self.turn_monitor is not None and monitored:
+            transport = str(self.turn_monitor.current)
+            server = self.turn_monitor.server_for(transport)
+        return turn, server, transport
 
     def _update_turn_transport(self, now: float) -> None:
         """Re-probe the TURN server when due, and apply a change between calls.
