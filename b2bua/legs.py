@@ -250,7 +250,7 @@ class Leg(pj.Call):
 
         pjsua frees the call slot right after this callback and reuses it
         for the next call. pjsua2's Call destructor hangs up whatever call
-        holds the slot it was created for, so a Leg destroyed later could
+        occupies the slot it was created for, so a Leg destroyed later could
         decline (603) a new call that took the same slot.
         """
         self.audio = None

@@ -3,7 +3,7 @@
 Pure functions over bytes, standard library only, so that the Kamailio edge
 (Debian's embedded Python) and the workers can both import this module.
 Captures arrive with LF or CRLF line ends, folded headers, compact header
-names and a Content-Length that no longer matches the body; all of these
+names and a Content-Length that no longer matches the body. All of these
 parse. Anything that is not a SIP start line raises `SipParseError`.
 """
 
