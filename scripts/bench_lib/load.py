@@ -93,6 +93,10 @@ def start_callers(rig: Rig, folder: Path, remote: str, port: int | None,
     k sends straight to target k's own port (no system in between).
     """
     folder.mkdir(parents=True, exist_ok=True)
+    # sipp names its files by pid; results left by an earlier run in the
+    # same work folder would be summed with this one's.
+    for stale in folder.glob("bench_uac_*"):
+        stale.unlink()
     (folder / "bench_tone.pcmu").write_bytes((rig.workdir / "bench_tone.pcmu")
                                              .read_bytes())
     run = CallerRun(folder)
