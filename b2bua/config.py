@@ -160,6 +160,9 @@ class ClassPolicy:
     srtp: str
     # SDP rewrite rules for the SDP the B2BUA sends to callers of this class.
     sdp_rules: tuple[dict[str, Any], ...] = ()
+    # Callers whose offer has no ICE get the TURN relay as their media
+    # address instead of the worker's own.
+    plain_callers_via_turn: bool = False
 
 
 @dataclass(frozen=True)
@@ -461,6 +464,7 @@ def _class_policy(turn: bool) -> _Key:
         "turn": _Key(check_bool, turn),
         "srtp": _Key(enum_checker(*SRTP_MODES), "optional"),
         "sdp_rules": _Key(check_sdp_rules, None),
+        "plain_callers_via_turn": _Key(check_bool, False),
     }
     return _Key(_section(keys, ClassPolicy), {})
 

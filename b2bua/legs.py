@@ -43,7 +43,10 @@ TONE_FREQUENCIES = (440, 480)
 # A target that never responds to CANCEL must not hold the caller forever.
 CANCEL_GRACE_S = 4.0
 ICE_CHECK_INTERVAL_S = 0.25
-MEDIA_CHECK_INTERVAL_S = 1.0
+# RTP counters are read every tenth of calls.media_timeout, within these
+# bounds: reading them costs a worker more CPU than the rest of its loop.
+MEDIA_CHECK_MIN_INTERVAL_S = 1.0
+MEDIA_CHECK_MAX_INTERVAL_S = 5.0
 
 
 @dataclass
@@ -207,6 +210,9 @@ class Leg(pj.Call):
         self.last_reason = ""
         self.audio: Any = None
         self.ice_reported = False
+        # False once the peer's SDP came without ICE: pjsua then keeps its
+        # ICE transport but starts no ICE session.
+        self.remote_sdp_has_ice = True
         # (status, reason text) of a BYE waiting for the inactive re-INVITE.
         self.pending_bye: tuple[int, str] | None = None
         self.bye_deadline = 0.0
@@ -296,6 +302,8 @@ class Leg(pj.Call):
         remote = prm.remSdp.wholeSdp or self.remote_offer or ""
         rules = self.pair.sdp_rules_for(self) if self.pair is not None else None
         if not remote:
+            # The answer may bring ICE; it arrives without a callback here.
+            self.remote_sdp_has_ice = True
             # Our own offer: pjsua builds it fresh (audio only, never hold),
             # so nothing of the other leg's SDP leaks into it.
             if rules is not None:
@@ -306,6 +314,7 @@ class Leg(pj.Call):
             return
         # Used once: an offer of our own later on this leg has no remote SDP.
         self.remote_offer = None
+        self.remote_sdp_has_ice = "a=ice-ufrag" in remote
         rewritten = rewrite_answer(remote, prm.sdp.wholeSdp, self.policy_name, rules)
         if rewritten is not None:
             prm.sdp.wholeSdp = rewritten
@@ -329,6 +338,9 @@ class CallPair:
         self.answer_deadline = self.created + no_answer_timeout
         self.max_duration = max_duration
         self.media_timeout = media_timeout
+        self.media_check_interval = min(MEDIA_CHECK_MAX_INTERVAL_S,
+                                        max(MEDIA_CHECK_MIN_INTERVAL_S,
+                                            media_timeout / 10))
         self.last_media_check = 0.0
         self.answered_at: float | None = None
         self.edge_answer_sent = 0  # highest status sent on the edge leg
@@ -592,7 +604,10 @@ class CallPair:
         """
         if self.end_reason or (leg.audio is None and not leg.confirmed):
             return
-        pair = pjsip_util.selected_ice_pair(leg)
+        # Call.dump() formats the whole call; skip it once the answer shows
+        # there is no ICE to wait for.
+        pair = (pjsip_util.selected_ice_pair(leg)
+                if leg.remote_sdp_has_ice or leg.audio is None else None)
         if pair is None:
             if leg.audio is not None:
                 leg.ice_reported = True
@@ -695,7 +710,7 @@ class CallPair:
             self._reject_edge(408, "Request Timeout",
                               reason_header(408, "no answer from target"))
         if (self.media_timeout and self.answered_at is not None and not edge_done
-                and now - self.last_media_check >= MEDIA_CHECK_INTERVAL_S):
+                and now - self.last_media_check >= self.media_check_interval):
             self.last_media_check = now
             self._check_media_flow(now)
         if (self.max_duration and self.answered_at is not None and not edge_done

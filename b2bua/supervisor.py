@@ -144,7 +144,8 @@ def build_runtime(cfg: Config, media_addresses: dict[str, str]) -> dict[str, Any
     first = services[0]
     classes = {
         name: {"ice": p.ice, "turn": p.turn, "srtp": p.srtp,
-               "sdp_rules": [dict(rule) for rule in p.sdp_rules]}
+               "sdp_rules": [dict(rule) for rule in p.sdp_rules],
+               "plain_callers_via_turn": p.plain_callers_via_turn}
         for name, p in cfg.classes.items()
     }
     internal = {"address": cfg.edge.internal_address, "port": cfg.edge.internal_port}
@@ -205,6 +206,10 @@ def service_policies(cfg: Config, service: ServiceConfig) -> list[str]:
                 ice=ice, turn=ice and turn_configured and class_policy.turn,
                 srtp=class_policy.srtp,
             ).name)
+            if ice and not class_policy.plain_callers_via_turn:
+                # For callers whose offer has no ICE (see the edge).
+                names.add(media_policy.MediaPolicy(
+                    ice=False, turn=False, srtp=class_policy.srtp).name)
     for target in cfg.dialplan.targets.values():
         if target.kind == "sip" and target.service in (None, service.name):
             names.add(media_policy.MediaPolicy(

@@ -39,7 +39,7 @@ from b2bua.sdp_rewrite import (
     compile_rules,
     encryption_answer,
 )
-from b2bua.sipbody import MessageTooLarge, normalize_for_worker
+from b2bua.sipbody import MessageTooLarge, normalize_for_worker, offer_has_ice
 from b2bua.sipmsg import SipMessage, SipParseError, parse_message
 
 DISPATCHER_SET = 1
@@ -329,7 +329,8 @@ class EdgeHandler:
                      f"matches {user}@{domain}; {route.status} {route.reason}\n")
             KSR.sl.sl_send_reply(route.status, route.reason)
             return
-        edge_policy = self._edge_policy(call_class, listener, service)
+        edge_policy, policy_note = self._edge_policy(call_class, listener, service,
+                                                     message)
         srtp = media_policy.parse_policy_name(edge_policy).srtp
         target = route.target
         target_policy = media_policy.MediaPolicy(
@@ -363,7 +364,8 @@ class EdgeHandler:
             return
         KSR.info(f"call {call_id}: class {call_class}: routed by rule "
                  f"{route.rule_name} to {target.name}; worker {worker['id']}, "
-                 f"service {service}, edge-leg policy {edge_policy}\n")
+                 f"service {service}, edge-leg policy {edge_policy}"
+                 f"{policy_note}\n")
         KSR.hdr.append(added_headers)
         # pjsua picks the account, and so the media policy, by the To URI.
         # The uac module restores the caller's To in every reply and later
@@ -475,14 +477,28 @@ class EdgeHandler:
         return None
 
     def _edge_policy(self, call_class: str, listener: dict[str, Any] | None,
-                     service: str) -> str:
+                     service: str, message: SipMessage) -> tuple[str, str]:
+        """Return the edge leg's policy name and a note for the log line."""
         class_policy = self.classes.get(call_class) or {}
         listener_ice = bool(listener.get("ice", True)) if listener else True
         ice = listener_ice and bool(class_policy.get("ice", True))
         turn_configured = bool(self.services[service].get("turn"))
         turn = ice and turn_configured and bool(class_policy.get("turn", False))
         srtp = str(class_policy.get("srtp", "optional"))
-        return media_policy.MediaPolicy(ice=ice, turn=turn, srtp=srtp).name
+        note = ""
+        if ice and not class_policy.get("plain_callers_via_turn", False):
+            try:
+                has_ice = offer_has_ice(message)
+            except SdpError:
+                has_ice = None  # the size and SDP checks reject it next
+            # pjsua would answer such an offer with its TURN relay as the
+            # media address. Media to the worker's own address skips that
+            # hop, and a NATed caller's RTP would not match the relay's
+            # permission anyway.
+            if has_ice is False:
+                ice = turn = False
+                note = " (the offer has no ICE)"
+        return media_policy.MediaPolicy(ice=ice, turn=turn, srtp=srtp).name, note
 
     def _profile_size(self, worker_id: str) -> int:
         KSR.dialog.get_profile_size("worker_load", worker_id, "$var(load)")

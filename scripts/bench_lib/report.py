@@ -57,8 +57,9 @@ def hold_table(results: list[HoldResult], idle: dict[str, Usage]) -> list[str]:
     """Tabulate held-call steps; per-call figures are above the system's idle."""
     lines = [
         ("| system | calls | held | failed | loss % | UDP receive errors | "
-        "CPU % of one core | CPU % per call | PSS MB | PSS MB per call | RSS MB |"),
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "CPU % of one core | CPU % per call | PSS MB | PSS MB per call | RSS MB | "
+        "CPU % by process |"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         u = r.usage
@@ -68,22 +69,30 @@ def hold_table(results: list[HoldResult], idle: dict[str, Usage]) -> list[str]:
             f"| {r.system} | {r.calls} | {r.counts.succeeded} | {r.counts.failed} | "
             f"{u.loss * 100:.3f} | {u.udp_errors} | {u.cpu_percent:.1f} | "
             f"{(u.cpu_percent - base.cpu_percent) / calls:.3f} | {u.pss_mb:.0f} | "
-            f"{(u.pss_mb - base.pss_mb) / calls:.2f} | {u.rss_mb:.0f} |")
+            f"{(u.pss_mb - base.pss_mb) / calls:.2f} | {u.rss_mb:.0f} | "
+            f"{cpu_split(u)} |")
     return lines
+
+
+def cpu_split(usage: Usage) -> str:
+    """Show the CPU of each kind of process, largest first (e.g. workers 80.1)."""
+    parts = sorted(usage.cpu_by_role.items(), key=lambda item: -item[1])
+    return ", ".join(f"{role} {cpu:.1f}" for role, cpu in parts if cpu >= 0.05) or "-"
 
 
 def rate_table(results: list[RateResult]) -> list[str]:
     lines = [
         ("| system | calls/s | calls | failed | setup p50 ms | p95 ms | p99 ms | "
-        "CPU % of one core |"),
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "CPU % of one core | CPU % by process |"),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         lines.append(
             f"| {r.system} | {r.rate:.0f} | {r.counts.succeeded + r.counts.failed} | "
             f"{r.counts.failed} | {_ms(percentile(r.setup_ms, 0.5))} | "
             f"{_ms(percentile(r.setup_ms, 0.95))} | "
-            f"{_ms(percentile(r.setup_ms, 0.99))} | {r.usage.cpu_percent:.1f} |")
+            f"{_ms(percentile(r.setup_ms, 0.99))} | {r.usage.cpu_percent:.1f} | "
+            f"{cpu_split(r.usage)} |")
     return lines
 
 
@@ -158,7 +167,11 @@ def render(data: dict[str, Any]) -> str:
         "both legs of every call and decodes and re-encodes its media in a "
         "conference bridge; the Kamailio + rtpengine relay only rewrites SDP "
         "and forwards packets (userspace, no kernel module), so it is a "
-        "ceiling, not a peer."),
+        "ceiling, not a peer. The `b2bua+ICE` rows dial the listener with ICE. "
+        "sipp offers no ICE, which the B2BUA answers without ICE by default; "
+        "the generated config sets `plain_callers_via_turn`, so every such "
+        "call still gathers candidates, allocates on coturn (in `edge`, so "
+        "counted) and sends its media through the relay."),
         "",
         "## Summary",
         "",

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +77,8 @@ class Sample:
     udp: dict[str, int]
     host_busy: int
     host_total: int
+    # What each pid is (`process_role`), to split the CPU figure.
+    roles: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -92,11 +94,27 @@ class Usage:
     loss: float
     received_packets: int
     udp_errors: int
+    # CPU % of one core by process role (workers, kamailio, coturn, ...).
+    cpu_by_role: dict[str, float] = field(default_factory=dict)
 
 
 def _read(path: str) -> str:
     with open(path, encoding="ascii", errors="replace") as handle:
         return handle.read()
+
+
+def process_role(pid: int) -> str:
+    """Name what a process in the edge namespace is, for the CPU split."""
+    try:
+        command = _read(f"/proc/{pid}/cmdline").split("\0")
+    except OSError:
+        return "gone"
+    if "b2bua.worker" in command:
+        return "workers"
+    if "b2bua.cli" in command:
+        return "supervisor"
+    program = os.path.basename(command[0]) if command and command[0] else "?"
+    return {"turnserver": "coturn"}.get(program, program)
 
 
 def _host_cpu() -> tuple[int, int]:
@@ -121,6 +139,7 @@ class Rig:
         self.system: subprocess.Popen[bytes] | None = None
         self.targets: list[subprocess.Popen[bytes]] = []
         self.runtime_dir = workdir / "run"
+        self._roles: dict[int, str] = {}
 
     # ----- lab ---------------------------------------------------------------
 
@@ -177,7 +196,10 @@ class Rig:
         Every class allows ICE with TURN, so calls to EDGE_ICE_PORT gather
         and allocate on coturn while calls to EDGE_PORT use plain RTP.
         """
-        policy = {"ice": True, "turn": True, "srtp": "off"}
+        # sipp does no ICE; without plain_callers_via_turn the workers would
+        # answer it without ICE, and the ICE rows would measure nothing of it.
+        policy = {"ice": True, "turn": True, "srtp": "off",
+                  "plain_callers_via_turn": True}
         config: dict[str, Any] = {
             "listen": [
                 {"address": self.edge_ip, "port": EDGE_PORT, "transports": ["udp"],
@@ -288,10 +310,13 @@ class Rig:
     def sample(self) -> Sample:
         """Read CPU ticks and memory of every process in the edge namespace."""
         ticks: dict[int, int] = {}
+        roles: dict[int, str] = {}
         rss = pss = 0
         for pid in self.edge_pids():
             try:
                 ticks[pid] = measure.cpu_ticks(_read(f"/proc/{pid}/stat"))
+                roles[pid] = self._roles.get(pid) or process_role(pid)
+                self._roles[pid] = roles[pid]
                 memory = measure.smaps_rollup_kb(_read(f"/proc/{pid}/smaps_rollup"))
             except (OSError, ValueError):
                 continue
@@ -300,13 +325,17 @@ class Rig:
         udp = measure.parse_udp_snmp(self.edge.run(["cat", "/proc/net/snmp"]).stdout)
         busy, total = _host_cpu()
         return Sample(time.monotonic(), ticks, rss, pss, self.link_counters(), udp,
-                      busy, total)
+                      busy, total, roles)
 
 
 def usage_between(first: Sample, last: Sample) -> Usage:
     """Compute CPU, memory and media loss of the edge namespace over a window."""
     seconds = last.at - first.at
     used = sum(last.ticks[pid] - first.ticks.get(pid, 0) for pid in last.ticks)
+    by_role: dict[str, int] = {}
+    for pid, ticks in last.ticks.items():
+        role = last.roles.get(pid, "?")
+        by_role[role] = by_role.get(role, 0) + ticks - first.ticks.get(pid, 0)
     host_total = last.host_total - first.host_total
     host = 100.0 * (last.host_busy - first.host_busy) / host_total if host_total else 0
     return Usage(
@@ -319,4 +348,6 @@ def usage_between(first: Sample, last: Sample) -> Usage:
         loss=measure.media_loss(first.link, last.link, first.udp, last.udp),
         received_packets=last.link.rx_packets - first.link.rx_packets,
         udp_errors=measure.udp_receive_errors(first.udp, last.udp),
+        cpu_by_role={role: measure.cpu_percent(ticks, seconds, TICKS_PER_SECOND)
+                     for role, ticks in sorted(by_role.items())},
     )

@@ -85,6 +85,24 @@ def test_worker_offers_relay_candidate(b2bua: B2buaLab) -> None:
     assert report["rtp"]["rx_packets"] > 25
 
 
+def test_caller_without_ice_gets_worker_address(b2bua: B2buaLab) -> None:
+    # The class has ICE and TURN, but this caller offers no ICE: the answer
+    # must name the worker's own media address, not a port on the relay.
+    code, report = b2bua.dial("echo", "--duration", "2", "--no-ice")
+    assert code == 0, report
+    answer_sdp = report["remote_sdp"]
+    assert "a=candidate" not in answer_sdp and "a=ice-ufrag" not in answer_sdp
+    port = int(re.search(r"^m=audio (\d+)", answer_sdp, re.M).group(1))
+    assert not 49160 <= port <= 49299, f"answered with a relay port:\n{answer_sdp}"
+    assert f"c=IN IP4 {b2bua.edge_ip}" in answer_sdp
+    assert report["rtp"]["tx_packets"] > 50
+    assert report["rtp"]["rx_packets"] > 50
+    time.sleep(0.5)
+    routed = [line for line in b2bua.log_text().splitlines()
+              if report["call_id"] in line and "edge-leg policy" in line]
+    assert routed and "noice-noturn-optional (the offer has no ICE)" in routed[0], routed
+
+
 def test_session_update_stays_on_its_leg(b2bua: B2buaLab, tmp_path: Path) -> None:
     # The pjsua2 caller (ICE controlling, with TURN) updates the session
     # once it is answered (codec lock or the ICE-chosen pair). The worker

@@ -190,3 +190,21 @@ def test_ice_table_reports_completion_times() -> None:
     assert cells[3] == "2"
     assert cells[6] == "240"
     assert cells[7] == "240"
+
+
+def test_cpu_split_by_process_role() -> None:
+    from bench_lib.rig import Sample, usage_between
+
+    from bench_lib.report import cpu_split
+    from bench_lib.rig import TICKS_PER_SECOND
+
+    link = measure.LinkCounters(0, 0, 0)
+    first = Sample(0.0, {1: 0, 2: 0, 3: 0}, 0, 0, link, {}, 0, 1,
+                   {1: "workers", 2: "workers", 3: "coturn"})
+    last = Sample(10.0, {1: 500, 2: 300, 3: 100, 4: 50}, 0, 0, link, {}, 0, 2,
+                  {1: "workers", 2: "workers", 3: "coturn", 4: "kamailio"})
+    usage = usage_between(first, last)
+    scale = 100.0 / TICKS_PER_SECOND / 10.0
+    assert usage.cpu_by_role == pytest.approx(
+        {"coturn": 100 * scale, "kamailio": 50 * scale, "workers": 800 * scale})
+    assert cpu_split(usage).split(", ")[0].startswith("workers ")

@@ -465,3 +465,33 @@ def test_federation_pattern_invalid(tmp_path: Path) -> None:
         load_config(str(path))
     assert "federation.allow[0]" in str(caught.value)
     assert "*.name for its subdomains" in str(caught.value)
+
+
+def test_plain_callers_get_a_policy_without_ice(tmp_path: Path) -> None:
+    from b2bua.supervisor import service_policies
+
+    path = write(tmp_path, """
+        listen: [{address: 127.0.0.1, port: 5060, ice: true}]
+        ice: {turn: [{server: "127.0.0.1:3478", username: u, password: p}]}
+        classes:
+          local: {ice: true, turn: false, srtp: optional}
+          remote: {ice: true, turn: true, srtp: optional}
+          federation: {ice: true, turn: true, srtp: required,
+                       plain_callers_via_turn: true}
+    """)
+    config = load_config(path)
+    assert config.classes["federation"].plain_callers_via_turn is True
+    assert config.classes["local"].plain_callers_via_turn is False
+    # Federation keeps ICE and TURN for every caller, so it adds no
+    # noice-noturn-required account.
+    assert service_policies(config, config.services[0]) == [
+        "ice-noturn-optional", "ice-turn-optional", "ice-turn-required",
+        "noice-noturn-optional",
+    ]
+
+
+def test_plain_callers_via_turn_must_be_boolean(tmp_path: Path) -> None:
+    path = write(tmp_path, "classes: {remote: {plain_callers_via_turn: maybe}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "classes.remote.plain_callers_via_turn" in str(info.value)

@@ -11,6 +11,7 @@ from b2bua.sipbody import (
     MessageTooLarge,
     content_type_parameter,
     normalize_for_worker,
+    offer_has_ice,
     select_sdp,
     split_multipart,
 )
@@ -328,3 +329,43 @@ def test_mutated_samples_raise_only_sdp_errors() -> None:
             pass
         checked += 1
     assert checked > 1000
+
+
+def invite_with(body: str, content_type: str) -> SipMessage:
+    head = (
+        "INVITE sip:echo@192.0.2.10 SIP/2.0\r\n"
+        "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK-ice\r\n"
+        "From: <sip:a@example.com>;tag=1\r\nTo: <sip:echo@192.0.2.10>\r\n"
+        "Call-ID: ice-check\r\nCSeq: 1 INVITE\r\n"
+    )
+    if content_type:
+        head += f"Content-Type: {content_type}\r\n"
+    return parse_message(f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode())
+
+
+@pytest.mark.parametrize("name", ["lync-local-invite.sip", "sfb-remote-invite.sip",
+                                  FEDERATION])
+def test_lync_offers_have_ice(name: str) -> None:
+    assert offer_has_ice(load(name)) is True
+
+
+def test_plain_offer_has_no_ice() -> None:
+    assert offer_has_ice(invite_with(SIMPLE_SDP, "application/sdp")) is False
+
+
+def test_ice_in_media_section_counts() -> None:
+    sdp = SIMPLE_SDP + "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef0123456789\r\n"
+    assert offer_has_ice(invite_with(sdp, "application/sdp")) is True
+
+
+def test_late_offer_has_no_answer() -> None:
+    assert offer_has_ice(invite_with("", "")) is None
+
+
+def test_ice_judged_on_the_part_the_worker_gets() -> None:
+    fallback, _ = federation_parts()
+    body, content_type = multipart("multipart/alternative",
+                                   [fallback, sdp_part(SIMPLE_SDP)])
+    # The ICE v6 fallback part carries candidates, but the worker negotiates
+    # the plain part.
+    assert offer_has_ice(invite_with(body.decode(), content_type)) is False
