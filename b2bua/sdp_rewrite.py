@@ -56,10 +56,14 @@ class RuleSet:
     rules: tuple[Rule, ...]
 
     def apply(
-        self, sdp: SessionDescription, context: LegContext
+        self, sdp: SessionDescription, context: LegContext, in_place: bool = False
     ) -> SessionDescription:
-        """Return a rewritten copy of `sdp`, raising SdpError (488) if unusable."""
-        result = sdp.copy()
+        """Return a rewritten copy of `sdp`, raising SdpError (488) if unusable.
+
+        With `in_place`, rewrite and return `sdp` itself, which saves a deep
+        copy when the caller has no further use for the original.
+        """
+        result = sdp if in_place else sdp.copy()
         for name, rule in zip(self.names, self.rules):
             rule(result, context)
             logger.debug("SDP rule %s applied to %s", name, context.direction)

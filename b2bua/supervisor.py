@@ -285,6 +285,9 @@ class Supervisor:
         self.edge = Child("edge", [
             KAMAILIO, "-f", self.paths["cfg"], "-DD", "-E", "-w", self.runtime_dir,
             "-P", os.path.join(self.runtime_dir, "kamailio.pid"),
+            # The default allocator (qm) took a tenth of Kamailio's CPU at
+            # 25 call setups a second. TLSF serves both shm and pkg memory.
+            "-x", "tlsf",
         ])
         for index, worker in enumerate(self.runtime["workers"]):
             child = Child(worker["id"], [

@@ -391,6 +391,11 @@ class EdgeHandler:
         MKI and checks the SRTP policy. Replies with the error itself and
         returns False when the request cannot go on.
         """
+        limit = WORKER_MESSAGE_LIMIT - EDGE_HEADER_ALLOWANCE - added_bytes
+        if (message is None and not KSR.pv.get("$rb")
+                and KSR.pv.geti("$ml") <= limit):
+            # A small request without a body (BYE, ACK, CANCEL) fits as it is.
+            return True
         call_id = KSR.pv.get("$ci")
         method = KSR.pv.get("$rm")
         try:
@@ -399,12 +404,11 @@ class EdgeHandler:
             if len(message.body) > MAX_BODY_BYTES:
                 raise MessageTooLarge(
                     f"body of {len(message.body)} bytes, max {MAX_BODY_BYTES}", 513)
-            limit = WORKER_MESSAGE_LIMIT - EDGE_HEADER_ALLOWANCE - added_bytes
             normalized = normalize_for_worker(message, limit)
             sdp = normalized.sdp
             if sdp is not None and method != "ACK":
                 sdp = self.incoming_offer_rules.apply(
-                    sdp, LegContext(direction=OFFER, initial=initial))
+                    sdp, LegContext(direction=OFFER, initial=initial), in_place=True)
                 if srtp is not None:
                     encryption_answer(sdp, srtp)
         except SipParseError as error:
