@@ -509,11 +509,14 @@ class EdgeHandler:
         return int(KSR.pv.geti("$var(load)") or 0)
 
     def _pick_worker(self, exclude: set[str] | None = None) -> dict[str, Any] | None:
-        """Pick the least-loaded live worker that is under its setup rate.
+        """Pick a live worker with a free slot that is under its setup rate.
 
-        Counts the call in the worker's dialog profiles and adds the worker
-        to the call's tried list. Runs under an htable lock so that two
-        Kamailio children cannot both see the same free slot.
+        Workers that already bridge a call come first: a second call costs
+        a worker far less CPU than a first call costs an idle one, whose
+        conference clock then starts ticking. Counts the call in the
+        worker's dialog profiles and adds the worker to the call's tried
+        list. Runs under an htable lock so that two Kamailio children cannot
+        both see the same free slot.
         """
         now = time.time()
         window = setup_window(float(self.runtime.get("max_setups_per_second", 4)))
@@ -526,15 +529,16 @@ class EdgeHandler:
                 worker = self.workers[(self.rotation + offset) % count]
                 if exclude and worker["id"] in exclude:
                     continue
-                uri = f"sip:{worker['address']}:{worker['port']}"
-                if KSR.dispatcher.ds_is_active_uri(DISPATCHER_SET, uri) < 0:
-                    continue
                 load = self._profile_size(worker["id"])
                 if load >= BRIDGED_CALLS_PER_WORKER:
                     continue
                 candidates.append((load, offset, worker))
-            candidates.sort(key=lambda item: (item[0], item[1]))
+            candidates.sort(key=lambda item: (-item[0], item[1]))
             for _load, _offset, worker in candidates:
+                # Checked last: the dispatcher searches its whole set per URI.
+                uri = f"sip:{worker['address']}:{worker['port']}"
+                if KSR.dispatcher.ds_is_active_uri(DISPATCHER_SET, uri) < 0:
+                    continue
                 key = window.key(worker["id"], now)
                 # NOTE: the rate limit keeps pjlib's 64-entry socket table from
                 # running dry; see docs/limitations.md.
