@@ -133,6 +133,8 @@ class WorkersConfig:
     count: int
     sip_port_base: int
     max_setups_per_second: float
+    # RTP on a pjmedia thread of its own instead of the worker's event loop.
+    media_thread: bool = False
 
 
 @dataclass(frozen=True)
@@ -524,6 +526,7 @@ _SCHEMA: dict[str, _Key] = {
                 "count": _Key(_check_worker_count, "auto"),
                 "sip_port_base": _Key(int_checker(1024, 65535), 5100),
                 "max_setups_per_second": _Key(_check_rate, 4),
+                "media_thread": _Key(check_bool, False),
             },
             WorkersConfig,
         ),

@@ -168,6 +168,7 @@ def build_runtime(cfg: Config, media_addresses: dict[str, str]) -> dict[str, Any
         "max_duration": cfg.calls.max_duration,
         "media_timeout": cfg.calls.media_timeout,
         "max_setups_per_second": cfg.workers.max_setups_per_second,
+        "media_thread": cfg.workers.media_thread,
         "expose_class_header": cfg.expose_class_header,
         "dialplan": cfg.dialplan.to_dict(),
         "classification": first["classification"],

@@ -68,6 +68,8 @@ class WorkerSettings:
     no_answer_timeout: float
     max_duration: float
     media_timeout: float
+    # RTP handled by a pjmedia thread instead of this process's event loop.
+    media_thread: bool
     status_file: str
     log_level: str
     # Operator SDP rules (b2bua.sdp_rewrite) per call class and per target.
@@ -112,6 +114,7 @@ class WorkerSettings:
             no_answer_timeout=float(runtime["no_answer_timeout"]),
             max_duration=float(runtime["max_duration"]),
             media_timeout=float(runtime.get("media_timeout", 60)),
+            media_thread=bool(runtime.get("media_thread", False)),
             status_file=worker["status_file"],
             log_level=runtime["log_level"],
         )
@@ -186,11 +189,11 @@ class Worker:
         # G.711 needs no resampling at 8 kHz, which costs a third of the CPU.
         ep_cfg.medConfig.clockRate = 8000
         ep_cfg.medConfig.sndClockRate = 8000
-        # RTP sockets join pjsip's I/O queue, which this loop polls (ICE
-        # sockets are there in any case). A media thread of their own would
-        # poll every 10 ms, 0.15% of a core for an idle worker.
-        ep_cfg.medConfig.hasIoqueue = False
-        ep_cfg.medConfig.threadCnt = 0
+        # Without a media thread, RTP sockets join pjsip's I/O queue, which
+        # this loop polls (ICE sockets are there in any case). A media thread
+        # polls every 10 ms even when idle; docs/performance.md has the costs.
+        ep_cfg.medConfig.hasIoqueue = s.media_thread
+        ep_cfg.medConfig.threadCnt = 1 if s.media_thread else 0
         ep_cfg.medConfig.noVad = True
         ep_cfg.medConfig.ecTailLen = 0
         self.endpoint.libCreate()
@@ -337,8 +340,8 @@ class Worker:
             self.endpoint.libHandleEvents(
                 EVENT_LOOP_TIMEOUT_MS if busy else IDLE_EVENT_LOOP_TIMEOUT_MS)
             now = time.monotonic()
-            # With no media thread, every RTP packet returns here, about 200
-            # times a second per bridged call. The checks below run ten
+            # Without a media thread, every RTP packet returns here, about
+            # 200 times a second per bridged call. The checks below run ten
             # times a second, which is precise enough for their timers.
             if now < next_housekeeping:
                 continue

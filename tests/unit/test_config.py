@@ -48,6 +48,7 @@ def test_builtin_default_values() -> None:
     assert config.workers.count == max(2, 8 * (os.cpu_count() or 1))
     assert config.workers.sip_port_base == 5100
     assert config.workers.max_setups_per_second == 4.0
+    assert config.workers.media_thread is False
     assert config.edge.internal_address == "127.0.0.1"
     assert config.edge.internal_port == 5070
     assert config.calls.no_answer_timeout == 30
@@ -102,6 +103,7 @@ def test_full_config_every_key() -> None:
     assert config.workers.count == 3
     assert config.workers.sip_port_base == 6100
     assert config.workers.max_setups_per_second == 2.5
+    assert config.workers.media_thread is True
     assert config.edge.internal_port == 6070
     assert config.calls.no_answer_timeout == 20
     assert config.calls.max_duration == 3600
