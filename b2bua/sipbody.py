@@ -194,21 +194,10 @@ def select_sdp(body: bytes, content_type: str) -> SdpSelection | None:
     return SdpSelection(chosen.body, source, total - 1)
 
 
-def offer_has_ice(message: SipMessage) -> bool | None:
-    """Say whether the SDP a worker will negotiate carries ICE.
-
-    True when the selected SDP part has an `a=ice-ufrag` or `a=candidate`
-    line (RFC 8445 and both Microsoft dialects), False when it has none,
-    None when the request has no SDP to negotiate (a late offer). Raises
-    SdpError for a broken multipart body.
-    """
-    selection = select_sdp(message.body, message.header("Content-Type") or "")
-    if selection is None or not selection.sdp.strip():
-        return None
-    for line in selection.sdp.splitlines():
-        if line.startswith((b"a=ice-ufrag:", b"a=candidate:")):
-            return True
-    return False
+def sdp_has_ice(sdp: SessionDescription) -> bool:
+    """Say whether any line of `sdp` is `a=ice-ufrag` or `a=candidate`."""
+    return any(line.text.startswith(("a=ice-ufrag:", "a=candidate:"))
+               for line in sdp.lines())
 
 
 def _sdp_parts(

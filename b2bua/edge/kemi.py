@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import KSR  # type: ignore[import-not-found]  # provided by app_python3
@@ -32,14 +33,14 @@ from b2bua.classify import (
 )
 from b2bua.dialplan import Dialplan, NoRoute
 from b2bua.edge.ratelimit import setup_window
-from b2bua.sdp import SdpError
+from b2bua.sdp import SdpError, SessionDescription
 from b2bua.sdp_rewrite import (
     OFFER,
     LegContext,
     compile_rules,
     encryption_answer,
 )
-from b2bua.sipbody import MessageTooLarge, normalize_for_worker, offer_has_ice
+from b2bua.sipbody import MessageTooLarge, normalize_for_worker, sdp_has_ice
 from b2bua.sipmsg import SipMessage, SipParseError, parse_message
 
 DISPATCHER_SET = 1
@@ -95,6 +96,13 @@ def create_handler(runtime_file: str) -> EdgeHandler:
         logging.DEBUG if runtime.get("log_level") == "debug" else logging.INFO)
     package_logger.propagate = False
     return EdgeHandler(runtime)
+
+
+@dataclass(frozen=True)
+class WorkerBody:
+    """The SDP a worker gets once the edge has fitted the request, if any."""
+
+    sdp: SessionDescription | None
 
 
 class EdgeHandler:
@@ -253,16 +261,17 @@ class EdgeHandler:
             self._route_new_call()
 
     def _route_in_dialog(self, method: str) -> None:
+        worker = self._worker_for_source()
+        # Before loose_route: the dialog module ends the dialog of any BYE it
+        # routes, even one the edge then rejects as too large.
+        if worker is None and not self._normalize_for_worker(None, None, initial=False):
+            return
         if KSR.rr.loose_route() > 0:
             if method in ("INVITE", "UPDATE"):
-                worker = self._worker_for_source()
                 KSR.info(f"call {KSR.pv.get('$ci')}: in-dialog {method} from "
                          f"{worker['id'] if worker else self._source()}\n")
             if method == "INVITE":
                 KSR.rr.record_route()
-            if (self._worker_for_source() is None
-                    and not self._normalize_for_worker(None, None, initial=False)):
-                return
             KSR.tm.t_relay()
             return
         if method == "ACK":
@@ -329,9 +338,7 @@ class EdgeHandler:
                      f"matches {user}@{domain}; {route.status} {route.reason}\n")
             KSR.sl.sl_send_reply(route.status, route.reason)
             return
-        edge_policy, policy_note = self._edge_policy(call_class, listener, service,
-                                                     message)
-        srtp = media_policy.parse_policy_name(edge_policy).srtp
+        srtp = str((self.classes.get(call_class) or {}).get("srtp", "optional"))
         target = route.target
         target_policy = media_policy.MediaPolicy(
             ice=bool(target.ice), turn=False, srtp=target.srtp or "off"
@@ -351,9 +358,12 @@ class EdgeHandler:
             f"X-B2BUA-Class: {class_header}\r\n"
             f"X-B2BUA-Source: {self._source()}\r\n"
         )
-        if not self._normalize_for_worker(message, srtp, initial=True,
-                                          added_bytes=len(added_headers)):
+        body = self._normalize_for_worker(message, srtp, initial=True,
+                                          added_bytes=len(added_headers))
+        if body is None:
             return
+        edge_policy, policy_note = self._edge_policy(call_class, listener, service,
+                                                     body.sdp)
 
         worker = self._pick_worker()
         if worker is None:
@@ -382,20 +392,21 @@ class EdgeHandler:
             KSR.sl.sl_send_reply(500, "Could Not Reach Worker")
 
     def _normalize_for_worker(self, message: SipMessage | None, srtp: str | None,
-                              initial: bool, added_bytes: int = 0) -> bool:
+                              initial: bool, added_bytes: int = 0) -> WorkerBody | None:
         """Fit the request to what a worker can parse and answer.
 
         Selects the SDP part of a multipart body, shrinks the message under
         the worker's size limit (counting the `added_bytes` of headers the
         edge adds, and its Via and Record-Route), drops SRTP keys with an
-        MKI and checks the SRTP policy. Replies with the error itself and
-        returns False when the request cannot go on.
+        MKI and checks the SRTP policy. Returns what the worker gets, or
+        replies with the error itself and returns None when the request
+        cannot go on.
         """
         limit = WORKER_MESSAGE_LIMIT - EDGE_HEADER_ALLOWANCE - added_bytes
         if (message is None and not KSR.pv.get("$rb")
                 and KSR.pv.geti("$ml") <= limit):
             # A small request without a body (BYE, ACK, CANCEL) fits as it is.
-            return True
+            return WorkerBody(None)
         call_id = KSR.pv.get("$ci")
         method = KSR.pv.get("$rm")
         try:
@@ -414,19 +425,19 @@ class EdgeHandler:
         except SipParseError as error:
             KSR.info(f"call {call_id}: unreadable {method} ({error}); 400\n")
             self._reply_error(400, "Bad Request", str(error))
-            return False
+            return None
         except MessageTooLarge as error:
             KSR.info(f"call {call_id}: {method} too large for a worker "
                      f"({error.reason}); {error.status}\n")
             phrase = "Message Too Large" if error.status == 513 else "Not Acceptable Here"
             self._reply_error(error.status, phrase, error.reason)
-            return False
+            return None
         except SdpError as error:
             reason = "Not Acceptable Here" if error.status == 488 else "Bad SDP"
             KSR.info(f"call {call_id}: SDP of {method} rejected ({error.reason}); "
                      f"{error.status}\n")
             self._reply_error(error.status, reason, error.reason)
-            return False
+            return None
         for name in normalized.remove_headers:
             KSR.hdr.remove(name)
         if sdp is not None:
@@ -437,7 +448,7 @@ class EdgeHandler:
         if normalized.steps:
             KSR.info(f"call {call_id}: {method} normalised for the worker: "
                      f"{'; '.join(normalized.steps)}\n")
-        return True
+        return WorkerBody(sdp)
 
     def _reply_error(self, status: int, reason: str, warning_text: str) -> None:
         text = warning_text.replace("\\", "\\\\").replace('"', "'")
@@ -481,8 +492,12 @@ class EdgeHandler:
         return None
 
     def _edge_policy(self, call_class: str, listener: dict[str, Any] | None,
-                     service: str, message: SipMessage) -> tuple[str, str]:
-        """Return the edge leg's policy name and a note for the log line."""
+                     service: str,
+                     offer: SessionDescription | None) -> tuple[str, str]:
+        """Return the edge leg's policy name and a note for the log line.
+
+        `offer` is the SDP the worker gets, None for an INVITE without one.
+        """
         class_policy = self.classes.get(call_class) or {}
         listener_ice = bool(listener.get("ice", True)) if listener else True
         ice = listener_ice and bool(class_policy.get("ice", True))
@@ -490,16 +505,13 @@ class EdgeHandler:
         turn = ice and turn_configured and bool(class_policy.get("turn", False))
         srtp = str(class_policy.get("srtp", "optional"))
         note = ""
-        if ice and not class_policy.get("plain_callers_via_turn", False):
-            try:
-                has_ice = offer_has_ice(message)
-            except SdpError:
-                has_ice = None  # the size and SDP checks reject it next
+        if (ice and offer is not None
+                and not class_policy.get("plain_callers_via_turn", False)):
             # pjsua would answer such an offer with its TURN relay as the
             # media address. Media to the worker's own address skips that
             # hop, and a NATed caller's RTP would not match the relay's
             # permission anyway.
-            if has_ice is False:
+            if not sdp_has_ice(offer):
                 ice = turn = False
                 note = " (the offer has no ICE)"
         return media_policy.MediaPolicy(ice=ice, turn=turn, srtp=srtp).name, note

@@ -227,14 +227,15 @@ def raw_invite(b2bua: B2buaLab, call_id: str, sdp: bytes) -> bytes:
     return head.encode() + sdp
 
 
-def send_raw(b2bua: B2buaLab, tmp_path: Path, message: bytes) -> list[str]:
+def send_raw(b2bua: B2buaLab, tmp_path: Path, message: bytes,
+             *options: str) -> list[str]:
     assert b2bua.far is not None
     path = tmp_path / "message.bin"
     path.write_bytes(message)
     script = Path(__file__).with_name("raw_sip.py")
     result = b2bua.far.run(
         [sys.executable, str(script), b2bua.far_ip, b2bua.edge_ip, "5060",
-         str(path)], timeout=15)
+         str(path), *options], timeout=15)
     return result.stdout.splitlines()
 
 
@@ -280,3 +281,20 @@ def test_garbage_datagram_ignored(b2bua: B2buaLab, tmp_path: Path) -> None:
     assert lines == []
     code, report = b2bua.dial("echo", "--duration", "1")
     assert code == 0, report
+
+
+def test_oversized_bye_keeps_the_call(b2bua: B2buaLab, tmp_path: Path) -> None:
+    # A BYE the edge rejects as too large must leave the dialog in place,
+    # so the caller's next, normal BYE still ends the call on the worker.
+    sdp = (
+        b"v=0\r\no=- 1 1 IN IP4 " + b2bua.far_ip.encode() + b"\r\ns=-\r\n"
+        b"c=IN IP4 " + b2bua.far_ip.encode() + b"\r\nt=0 0\r\n" + AUDIO
+        + b"a=rtpmap:0 PCMU/8000\r\n"
+    )
+    lines = send_raw(b2bua, tmp_path, raw_invite(b2bua, "padded-bye", sdp),
+                     "--padded-bye-first")
+    statuses = [line.split()[1] for line in lines if line.startswith("SIP/2.0 ")]
+    assert statuses[-3:] == ["200", "513", "200"], lines
+    time.sleep(0.5)
+    log = b2bua.log_text()
+    assert "unable to find dialog" not in log, "the 513 ended the edge's dialog"

@@ -11,7 +11,7 @@ from b2bua.sipbody import (
     MessageTooLarge,
     content_type_parameter,
     normalize_for_worker,
-    offer_has_ice,
+    sdp_has_ice,
     select_sdp,
     split_multipart,
 )
@@ -343,23 +343,29 @@ def invite_with(body: str, content_type: str) -> SipMessage:
     return parse_message(f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode())
 
 
+def worker_sdp_has_ice(message: SipMessage) -> bool | None:
+    """Judge ICE as the edge does: on the SDP the worker gets, None without SDP."""
+    sdp = normalize_for_worker(message).sdp
+    return None if sdp is None else sdp_has_ice(sdp)
+
+
 @pytest.mark.parametrize("name", ["lync-local-invite.sip", "sfb-remote-invite.sip",
                                   FEDERATION])
 def test_lync_offers_have_ice(name: str) -> None:
-    assert offer_has_ice(load(name)) is True
+    assert worker_sdp_has_ice(load(name)) is True
 
 
 def test_plain_offer_has_no_ice() -> None:
-    assert offer_has_ice(invite_with(SIMPLE_SDP, "application/sdp")) is False
+    assert worker_sdp_has_ice(invite_with(SIMPLE_SDP, "application/sdp")) is False
 
 
 def test_ice_in_media_section_counts() -> None:
     sdp = SIMPLE_SDP + "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef0123456789\r\n"
-    assert offer_has_ice(invite_with(sdp, "application/sdp")) is True
+    assert worker_sdp_has_ice(invite_with(sdp, "application/sdp")) is True
 
 
-def test_late_offer_has_no_answer() -> None:
-    assert offer_has_ice(invite_with("", "")) is None
+def test_late_offer_has_no_sdp() -> None:
+    assert worker_sdp_has_ice(invite_with("", "")) is None
 
 
 def test_ice_judged_on_the_part_the_worker_gets() -> None:
@@ -368,4 +374,18 @@ def test_ice_judged_on_the_part_the_worker_gets() -> None:
                                    [fallback, sdp_part(SIMPLE_SDP)])
     # The ICE v6 fallback part carries candidates, but the worker negotiates
     # the plain part.
-    assert offer_has_ice(invite_with(body.decode(), content_type)) is False
+    assert worker_sdp_has_ice(invite_with(body.decode(), content_type)) is False
+
+
+def test_ice_on_refused_stream_ignored() -> None:
+    sdp = SIMPLE_SDP + (
+        "m=video 4002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\n"
+        "a=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdef0123456789\r\n"
+        "a=candidate:1 1 UDP 2130706431 192.0.2.1 4002 typ host\r\n"
+    )
+    assert worker_sdp_has_ice(invite_with(sdp, "application/sdp")) is False
+
+
+def test_tcp_candidates_only_is_no_ice() -> None:
+    sdp = SIMPLE_SDP + "a=candidate:1 1 TCP 1 192.0.2.1 9 typ host tcptype active\r\n"
+    assert worker_sdp_has_ice(invite_with(sdp, "application/sdp")) is False
