@@ -145,6 +145,14 @@ class EdgeHandler:
     def ksr_request_route(self, msg: Any) -> int:
         try:
             self._route_request()
+        except UnicodeDecodeError as error:
+            # app_python3 decodes pseudo-variables as UTF-8 before this code
+            # sees them, so a header with other bytes fails on the first read.
+            KSR.info(f"edge: {KSR.pv.get('$rm')} from {self._source()} is not "
+                     f"UTF-8 ({error.reason} at byte {error.start}); 400\n")
+            if KSR.pv.get("$rm") != "ACK":
+                self._reply_error(400, "Bad Request",
+                                  "message has bytes that are not UTF-8")
         except Exception as error:  # noqa: BLE001 - a request must get an answer
             KSR.err(f"edge: routing failed: {type(error).__name__}: {error}\n")
             if KSR.tm.t_check_trans() <= 0 and KSR.pv.get("$rm") != "ACK":

@@ -298,3 +298,15 @@ def test_oversized_bye_keeps_the_call(b2bua: B2buaLab, tmp_path: Path) -> None:
     time.sleep(0.5)
     log = b2bua.log_text()
     assert "unable to find dialog" not in log, "the 513 ended the edge's dialog"
+
+
+def test_non_utf8_header_gets_400(b2bua: B2buaLab, tmp_path: Path) -> None:
+    sdp = (
+        b"v=0\r\no=- 1 1 IN IP4 " + b2bua.far_ip.encode() + b"\r\ns=-\r\n"
+        b"c=IN IP4 " + b2bua.far_ip.encode() + b"\r\nt=0 0\r\n" + AUDIO
+    )
+    invite = raw_invite(b2bua, "latin1-subject", sdp).replace(
+        b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r\nSubject: r\xe9union\r\n")
+    lines = send_raw(b2bua, tmp_path, invite)
+    finals = [line for line in lines if not line.startswith("SIP/2.0 1")]
+    assert finals and finals[0].startswith("SIP/2.0 400 "), lines
