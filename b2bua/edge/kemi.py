@@ -275,6 +275,13 @@ class EdgeHandler:
         if worker is None and not self._normalize_for_worker(None, None, initial=False):
             return
         if KSR.rr.loose_route() > 0:
+            if worker is None and (method == "OPTIONS"
+                                   or (method == "INFO" and not KSR.pv.get("$rb"))):
+                # pjsua answers these "500 Unhandled by dialog usages". They
+                # are keepalives and capability queries, so the edge answers.
+                KSR.hdr.append_to_reply(f"Allow: {ALLOWED_METHODS}\r\n")
+                KSR.sl.sl_send_reply(200, "OK")
+                return
             if method in ("INVITE", "UPDATE"):
                 KSR.info(f"call {KSR.pv.get('$ci')}: in-dialog {method} from "
                          f"{worker['id'] if worker else self._source()}\n")

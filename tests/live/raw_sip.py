@@ -1,7 +1,7 @@
 """Send one raw SIP message over UDP and print the status lines received.
 
 Run inside a test namespace: `python3 raw_sip.py BIND HOST PORT FILE
-[--padded-bye-first]`.
+[--padded-bye-first | --in-dialog-probes]`.
 FILE contains the message bytes as they go on the wire (no line-end
 conversion), so tests can send malformed and binary messages. It waits
 up to 3 s for responses, and prints each status line. A 200 to an INVITE
@@ -24,12 +24,12 @@ def headers_of(message: bytes) -> list[tuple[str, str]]:
     return result
 
 
-def end_call(sock: socket.socket, invite: bytes, ok: bytes,
-             edge: tuple[str, int], padded_bye_first: bool = False) -> None:
+def end_call(sock: socket.socket, invite: bytes, ok: bytes, edge: tuple[str, int],
+             probes: tuple[tuple[str, int], ...] = ()) -> None:
     """Send ACK and BYE for an answered INVITE, through its Record-Route.
 
-    With `padded_bye_first`, a BYE padded past the edge's size limit goes
-    first, and the status line of each BYE's response is printed.
+    `probes` are (method, padding header count) requests sent in between.
+    With probes, the status line of each response after the ACK is printed.
     """
     request = dict(headers_of(invite))
     response = headers_of(ok)
@@ -37,10 +37,8 @@ def end_call(sock: socket.socket, invite: bytes, ok: bytes,
     routes = [value for name, value in response if name == "record-route"]
     contact = values.get("contact", "").strip("<>").split(">")[0]
     via_host = request["via"].split()[1].split(";")[0]
-    steps = [("ACK", 1, 0), ("BYE", 2, 70 if padded_bye_first else 0)]
-    if padded_bye_first:
-        steps.append(("BYE", 3, 0))
-    for method, cseq, padding in steps:
+    steps = [("ACK", 0), *probes, ("BYE", 0)]
+    for cseq, (method, padding) in enumerate(steps, start=1):
         lines = [f"{method} {contact} SIP/2.0",
                  f"Via: SIP/2.0/UDP {via_host};branch=z9hG4bK{method}{cseq}x",
                  "Max-Forwards: 70", f"From: {request['from']}",
@@ -50,20 +48,26 @@ def end_call(sock: socket.socket, invite: bytes, ok: bytes,
         lines += [f"X-Pad-{n}: {'x' * 70}" for n in range(padding)]
         lines += ["Content-Length: 0", "", ""]
         sock.sendto("\r\n".join(lines).encode(), edge)
-        if method == "BYE":
-            sock.settimeout(2.0)
-            try:
-                reply, _ = sock.recvfrom(65535)
-            except TimeoutError:
-                continue
-            if padded_bye_first:
-                print(reply.split(b"\r\n", 1)[0].decode("utf-8", "replace"),
-                      flush=True)
+        if method == "ACK":
+            continue
+        sock.settimeout(2.0)
+        try:
+            reply, _ = sock.recvfrom(65535)
+        except TimeoutError:
+            continue
+        if probes:
+            print(reply.split(b"\r\n", 1)[0].decode("utf-8", "replace"), flush=True)
+
+
+PROBES = {
+    "--padded-bye-first": (("BYE", 70),),
+    "--in-dialog-probes": (("OPTIONS", 0), ("INFO", 0)),
+}
 
 
 def main() -> int:
     bind, host, port, path = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    padded_bye_first = sys.argv[5:] == ["--padded-bye-first"]
+    probes = PROBES[sys.argv[5]] if len(sys.argv) > 5 else ()
     with open(path, "rb") as handle:
         data = handle.read()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
@@ -85,7 +89,7 @@ def main() -> int:
             print(first, flush=True)
             if first.startswith("SIP/2.0 ") and not first.startswith("SIP/2.0 1"):
                 if first.startswith("SIP/2.0 200") and data.startswith(b"INVITE "):
-                    end_call(sock, data, reply, (host, port), padded_bye_first)
+                    end_call(sock, data, reply, (host, port), probes)
                 break
     return 0
 

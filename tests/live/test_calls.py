@@ -310,3 +310,18 @@ def test_non_utf8_header_gets_400(b2bua: B2buaLab, tmp_path: Path) -> None:
     lines = send_raw(b2bua, tmp_path, invite)
     finals = [line for line in lines if not line.startswith("SIP/2.0 1")]
     assert finals and finals[0].startswith("SIP/2.0 400 "), lines
+
+
+def test_in_dialog_options_and_info_get_200(b2bua: B2buaLab, tmp_path: Path) -> None:
+    # Phones send these inside a call as keepalives; a 500 can make them
+    # hang up.
+    sdp = (
+        b"v=0\r\no=- 1 1 IN IP4 " + b2bua.far_ip.encode() + b"\r\ns=-\r\n"
+        b"c=IN IP4 " + b2bua.far_ip.encode() + b"\r\nt=0 0\r\n" + AUDIO
+        + b"a=rtpmap:0 PCMU/8000\r\n"
+    )
+    lines = send_raw(b2bua, tmp_path, raw_invite(b2bua, "keepalives", sdp),
+                     "--in-dialog-probes")
+    statuses = [line.split()[1] for line in lines if line.startswith("SIP/2.0 ")]
+    # INVITE, OPTIONS, INFO, BYE.
+    assert statuses[-4:] == ["200", "200", "200", "200"], lines
