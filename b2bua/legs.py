@@ -43,6 +43,8 @@ TONE_FREQUENCIES = (440, 480)
 # A target that never responds to CANCEL must not hold the caller forever.
 CANCEL_GRACE_S = 4.0
 ICE_CHECK_INTERVAL_S = 0.25
+# pjlib's status for "the operation completes later" (PJ_ERRNO_START_STATUS + 2).
+PJ_EPENDING = 70002
 # RTP counters are read every tenth of calls.media_timeout, within these
 # bounds: reading them costs a worker more CPU than the rest of its loop.
 MEDIA_CHECK_MIN_INTERVAL_S = 1.0
@@ -428,9 +430,12 @@ class CallPair:
         try:
             self.edge.answer(prm)
         except pj.Error as error:
-            log.warning("call %s: answer %d failed: %s", self.call_id, status,
-                        error.info())
-            return
+            # For an INVITE without SDP, pjsua sends the answer with its own
+            # offer once ICE candidates are gathered, and says PJ_EPENDING.
+            if error.status != PJ_EPENDING:
+                log.warning("call %s: answer %d failed: %s", self.call_id, status,
+                            error.info())
+                return
         self.edge_answer_sent = status
         if status == 200:
             self.answered_at = time.monotonic()

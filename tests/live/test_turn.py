@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.live.b2bua_lab import B2buaLab, read_reports, start_coturn
+from tests.live.test_calls import raw_invite, send_raw
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns"),
@@ -131,3 +132,18 @@ def test_session_update_stays_on_its_leg(b2bua: B2buaLab, tmp_path: Path) -> Non
     assert target_calls[0]["rtp"]["rx_packets"] > 120
     assert not [line for line in log if report["call_id"] in line
                 and "ICE failed" in line]
+
+
+def test_late_offer_answered_after_gathering(b2bua: B2buaLab, tmp_path: Path) -> None:
+    # Without SDP in the INVITE, the worker makes the offer, with ICE and a
+    # TURN relay, and pjsua sends the 200 only once gathering is done.
+    invite = raw_invite(b2bua, "late-offer-turn", b"").replace(
+        b"Content-Type: application/sdp\r\n", b"")
+    lines = send_raw(b2bua, tmp_path, invite)
+    finals = [line for line in lines if not line.startswith("SIP/2.0 1")]
+    assert finals and finals[0].startswith("SIP/2.0 200 "), lines
+    time.sleep(0.5)
+    calls = [line for line in b2bua.log_text().splitlines()
+             if "late-offer-turn" in line]
+    assert any("answered (echo" in line for line in calls), calls
+    assert not any("answer 200 failed" in line for line in calls), calls
