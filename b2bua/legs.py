@@ -431,7 +431,7 @@ class CallPair:
             self.edge.answer(prm)
         except pj.Error as error:
             # For an INVITE without SDP, pjsua sends the answer with its own
-            # offer once ICE candidates are gathered, and says PJ_EPENDING.
+            # offer once ICE candidates are gathered, and returns PJ_EPENDING.
             if error.status != PJ_EPENDING:
                 log.warning("call %s: answer %d failed: %s", self.call_id, status,
                             error.info())
