@@ -304,7 +304,8 @@ class Leg(pj.Call):
         remote = prm.remSdp.wholeSdp or self.remote_offer or ""
         rules = self.pair.sdp_rules_for(self) if self.pair is not None else None
         if not remote:
-            # The answer may bring ICE; it arrives without a callback here.
+            # The peer's SDP answer may carry ICE, and pjsua does not call
+            # this method when it arrives.
             self.remote_sdp_has_ice = True
             # Our own offer: pjsua builds it fresh (audio only, never hold),
             # so nothing of the other leg's SDP leaks into it.
@@ -609,8 +610,8 @@ class CallPair:
         """
         if self.end_reason or (leg.audio is None and not leg.confirmed):
             return
-        # Call.dump() formats the whole call; skip it once the answer shows
-        # there is no ICE to wait for.
+        # Call.dump() formats the whole call, so skip it once the peer's SDP
+        # shows there is no ICE to wait for.
         pair = (pjsip_util.selected_ice_pair(leg)
                 if leg.remote_sdp_has_ice or leg.audio is None else None)
         if pair is None:

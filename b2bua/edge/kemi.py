@@ -147,12 +147,10 @@ class EdgeHandler:
             self._route_request()
         except UnicodeDecodeError as error:
             # app_python3 decodes pseudo-variables as UTF-8 before this code
-            # sees them, so a header with other bytes fails on the first read.
+            # gets them, so a header with other bytes fails on the first read.
             KSR.info(f"edge: {KSR.pv.get('$rm')} from {self._source()} is not "
                      f"UTF-8 ({error.reason} at byte {error.start}); 400\n")
-            if KSR.pv.get("$rm") != "ACK":
-                self._reply_error(400, "Bad Request",
-                                  "message has bytes that are not UTF-8")
+            self._reply_error(400, "Bad Request", "message has bytes that are not UTF-8")
         except Exception as error:  # noqa: BLE001 - a request must get an answer
             KSR.err(f"edge: routing failed: {type(error).__name__}: {error}\n")
             if KSR.tm.t_check_trans() <= 0 and KSR.pv.get("$rm") != "ACK":
@@ -277,8 +275,9 @@ class EdgeHandler:
         if KSR.rr.loose_route() > 0:
             if worker is None and (method == "OPTIONS"
                                    or (method == "INFO" and not KSR.pv.get("$rb"))):
-                # pjsua answers these "500 Unhandled by dialog usages". They
-                # are keepalives and capability queries, so the edge answers.
+                # pjsua rejects these with "500 Unhandled by dialog usages".
+                # They are keepalives and capability queries, so the edge
+                # replies 200 itself.
                 KSR.hdr.append_to_reply(f"Allow: {ALLOWED_METHODS}\r\n")
                 KSR.sl.sl_send_reply(200, "OK")
                 return
@@ -353,7 +352,7 @@ class EdgeHandler:
                      f"matches {user}@{domain}; {route.status} {route.reason}\n")
             KSR.sl.sl_send_reply(route.status, route.reason)
             return
-        srtp = str((self.classes.get(call_class) or {}).get("srtp", "optional"))
+        srtp = self._class_srtp(call_class)
         target = route.target
         target_policy = media_policy.MediaPolicy(
             ice=bool(target.ice), turn=False, srtp=target.srtp or "off"
@@ -518,11 +517,11 @@ class EdgeHandler:
         ice = listener_ice and bool(class_policy.get("ice", True))
         turn_configured = bool(self.services[service].get("turn"))
         turn = ice and turn_configured and bool(class_policy.get("turn", False))
-        srtp = str(class_policy.get("srtp", "optional"))
+        srtp = self._class_srtp(call_class)
         note = ""
         if (ice and offer is not None
                 and not class_policy.get("plain_callers_via_turn", False)):
-            # pjsua would answer such an offer with its TURN relay as the
+            # pjsua would reply to such an offer with its TURN relay as the
             # media address. Media to the worker's own address skips that
             # hop, and a NATed caller's RTP would not match the relay's
             # permission anyway.
@@ -530,6 +529,10 @@ class EdgeHandler:
                 ice = turn = False
                 note = " (the offer has no ICE)"
         return media_policy.MediaPolicy(ice=ice, turn=turn, srtp=srtp).name, note
+
+    def _class_srtp(self, call_class: str) -> str:
+        """Return the SRTP mode of a call class's edge legs."""
+        return str((self.classes.get(call_class) or {}).get("srtp", "optional"))
 
     def _profile_size(self, worker_id: str) -> int:
         KSR.dialog.get_profile_size("worker_load", worker_id, "$var(load)")

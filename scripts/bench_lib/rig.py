@@ -196,8 +196,8 @@ class Rig:
         Every class allows ICE with TURN, so calls to EDGE_ICE_PORT gather
         and allocate on coturn while calls to EDGE_PORT use plain RTP.
         """
-        # sipp does no ICE; without plain_callers_via_turn the workers would
-        # answer it without ICE, and the ICE rows would measure nothing of it.
+        # sipp does no ICE. Without plain_callers_via_turn the workers would
+        # skip ICE for its calls, and the ICE rows would measure no ICE.
         policy = {"ice": True, "turn": True, "srtp": "off",
                   "plain_callers_via_turn": True}
         config: dict[str, Any] = {

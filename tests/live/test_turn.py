@@ -87,12 +87,13 @@ def test_worker_offers_relay_candidate(b2bua: B2buaLab) -> None:
 
 
 def test_caller_without_ice_gets_worker_address(b2bua: B2buaLab) -> None:
-    # The class has ICE and TURN, but this caller offers no ICE: the answer
-    # must name the worker's own media address, not a port on the relay.
+    # The class has ICE and TURN, but this caller offers no ICE. The SDP
+    # answer must name the worker's own media address, not a relay port.
     code, report = b2bua.dial("echo", "--duration", "2", "--no-ice")
     assert code == 0, report
     answer_sdp = report["remote_sdp"]
-    assert "a=candidate" not in answer_sdp and "a=ice-ufrag" not in answer_sdp
+    assert "a=candidate" not in answer_sdp, answer_sdp
+    assert "a=ice-ufrag" not in answer_sdp, answer_sdp
     port = int(re.search(r"^m=audio (\d+)", answer_sdp, re.M).group(1))
     assert not 49160 <= port <= 49299, f"answered with a relay port:\n{answer_sdp}"
     assert f"c=IN IP4 {b2bua.edge_ip}" in answer_sdp
@@ -141,7 +142,8 @@ def test_late_offer_answered_after_gathering(b2bua: B2buaLab, tmp_path: Path) ->
         b"Content-Type: application/sdp\r\n", b"")
     lines = send_raw(b2bua, tmp_path, invite)
     finals = [line for line in lines if not line.startswith("SIP/2.0 1")]
-    assert finals and finals[0].startswith("SIP/2.0 200 "), lines
+    assert finals, lines
+    assert finals[0].startswith("SIP/2.0 200 "), lines
     time.sleep(0.5)
     calls = [line for line in b2bua.log_text().splitlines()
              if "late-offer-turn" in line]

@@ -469,7 +469,7 @@ def test_federation_pattern_invalid(tmp_path: Path) -> None:
     assert "*.name for its subdomains" in str(caught.value)
 
 
-def test_plain_callers_get_a_policy_without_ice(tmp_path: Path) -> None:
+def test_plain_callers_get_noice_policy(tmp_path: Path) -> None:
     from b2bua.supervisor import service_policies
 
     path = write(tmp_path, """

@@ -368,7 +368,7 @@ def test_late_offer_has_no_sdp() -> None:
     assert worker_sdp_has_ice(invite_with("", "")) is None
 
 
-def test_ice_judged_on_the_part_the_worker_gets() -> None:
+def test_ice_judged_on_worker_part() -> None:
     fallback, _ = federation_parts()
     body, content_type = multipart("multipart/alternative",
                                    [fallback, sdp_part(SIMPLE_SDP)])
