@@ -9,20 +9,20 @@ not wait for the dialogs to time out.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import logging
 import os
 import re
+import selectors
 import signal
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from b2bua import forked
 from b2bua import policy as media_policy
 from b2bua.config import (
     Config,
@@ -39,7 +39,7 @@ log = logging.getLogger("b2bua.supervisor")
 KAMAILIO = "/usr/sbin/kamailio"
 KAMCMD = "/usr/sbin/kamcmd"
 POLL_INTERVAL_S = 0.2
-PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+WAIT_POLL_S = 0.05
 # A worker whose status file is older than this is hung and gets killed.
 WORKER_STALL_S = 30.0
 STOP_TIMEOUT_S = 8.0
@@ -218,13 +218,16 @@ def service_policies(cfg: Config, service: ServiceConfig) -> list[str]:
     return sorted(names)
 
 
+ChildProcess = subprocess.Popen[bytes] | forked.ForkedWorker
+
+
 @dataclass
 class Child:
     """A process the supervisor runs and restarts."""
 
     name: str
     argv: list[str]
-    process: subprocess.Popen[bytes] | None = None
+    process: ChildProcess | None = None
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = 0.0
@@ -241,6 +244,10 @@ class Supervisor:
         self.paths: dict[str, str] = {}
         self.lock_file: Any = None
         self.runtime: dict[str, Any] = {}
+        # The edge's log pipe is read in the main loop rather than by a
+        # thread, so that the supervisor can fork workers safely.
+        self.edge_log = selectors.DefaultSelector()
+        self.edge_log_partial = b""
 
     # ----- start -------------------------------------------------------------
 
@@ -291,10 +298,13 @@ class Supervisor:
             "-x", "tlsf",
         ])
         for index, worker in enumerate(self.runtime["workers"]):
+            # The command line that runs this worker on its own; the
+            # supervisor forks it instead (see b2bua/forked.py).
             child = Child(worker["id"], [
                 sys.executable, "-m", "b2bua.worker", "--runtime", runtime_file,
                 "--index", str(index),
             ])
+            child.extra["index"] = index
             child.extra["uri"] = f"sip:{worker['address']}:{worker['port']}"
             child.extra["status_file"] = worker["status_file"]
             self.children.append(child)
@@ -311,6 +321,7 @@ class Supervisor:
             )
         log.info("starting %d workers, dialplan %s", len(self.children),
                  self.cfg.dialplan_file)
+        forked.freeze_shared_objects()
         for child in self.children:
             self._spawn(child)
         self._spawn(self.edge)
@@ -338,45 +349,76 @@ class Supervisor:
         self.lock_file.flush()
 
     def _spawn(self, child: Child) -> None:
+        if child is self.edge:
+            self._spawn_edge(child)
+            return
+        inherited = [self.lock_file.fileno()] if self.lock_file else []
+        if self.edge is not None and self.edge.process is not None:
+            assert isinstance(self.edge.process, subprocess.Popen)
+            if self.edge.process.stdout is not None:
+                inherited.append(self.edge.process.stdout.fileno())
+        child.process = forked.fork_worker(child.name, self.paths["runtime"],
+                                           child.extra["index"], inherited)
+        child.started_at = time.monotonic()
+        log.debug("started %s pid %d", child.name, child.process.pid)
+
+    def _spawn_edge(self, child: Child) -> None:
         env = dict(os.environ)
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = package_parent + os.pathsep + env.get("PYTHONPATH", "")
-        is_edge = child is self.edge
         # Kamailio prints its listener table on stdout and logs on stderr;
         # both go through the relay so that only the script's lines show.
         # Kamailio runs in its own process group so that all of its children
-        # can be stopped together, and every child dies with the supervisor.
-        child.process = subprocess.Popen(
+        # can be stopped together, and it dies with the supervisor.
+        process = subprocess.Popen(
             child.argv, env=env, stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if is_edge else None,
-            stderr=subprocess.STDOUT if is_edge else None,
-            start_new_session=is_edge,
-            preexec_fn=_die_with_parent,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=forked.die_with_parent,
         )
+        child.process = process
         child.started_at = time.monotonic()
-        if is_edge and child.process.stdout is not None:
-            threading.Thread(target=self._relay_edge_log,
-                             args=(child.process.stdout,), daemon=True).start()
-        log.debug("started %s pid %d", child.name, child.process.pid)
+        assert process.stdout is not None
+        os.set_blocking(process.stdout.fileno(), False)
+        self.edge_log.register(process.stdout, selectors.EVENT_READ)
+        self.edge_log_partial = b""
+        log.debug("started %s pid %d", child.name, process.pid)
 
-    def _relay_edge_log(self, stream: Any) -> None:
-        edge_log = logging.getLogger("b2bua.edge")
-        for raw in stream:
-            parsed = parse_kamailio_log_line(raw.decode("utf-8", "replace"))
-            if parsed is None:
+    def _relay_edge_log(self, timeout: float) -> None:
+        """Wait up to `timeout` seconds for Kamailio's output and log it."""
+        if not self.edge_log.get_map():
+            time.sleep(timeout)
+            return
+        for key, _events in self.edge_log.select(timeout):
+            stream = key.fileobj
+            try:
+                data = os.read(stream.fileno(), 65536)  # type: ignore[union-attr]
+            except BlockingIOError:
                 continue
-            level, text = parsed
-            if self.stopping:
-                # Kamailio's children report the closed pipes of a normal
-                # shutdown as CRITICAL "EOF on N".
-                level = logging.DEBUG
-            edge_log.log(level, "%s", text)
+            if not data:
+                self.edge_log.unregister(stream)
+                stream.close()  # type: ignore[union-attr]
+                continue
+            lines = (self.edge_log_partial + data).split(b"\n")
+            self.edge_log_partial = lines.pop()
+            for raw in lines:
+                self._log_edge_line(raw)
+
+    def _log_edge_line(self, raw: bytes) -> None:
+        parsed = parse_kamailio_log_line(raw.decode("utf-8", "replace"))
+        if parsed is None:
+            return
+        level, text = parsed
+        if self.stopping:
+            # Kamailio's children report the closed pipes of a normal
+            # shutdown as CRITICAL "EOF on N".
+            level = logging.DEBUG
+        logging.getLogger("b2bua.edge").log(level, "%s", text)
 
     # ----- watch -------------------------------------------------------------
 
     def run(self) -> int:
         while not self.stopping:
-            time.sleep(POLL_INTERVAL_S)
+            self._relay_edge_log(POLL_INTERVAL_S)
             for child in [*self.children, self.edge]:
                 if child is None or self.stopping:
                     continue
@@ -410,7 +452,7 @@ class Supervisor:
                                               0.5 * 2 ** min(child.restarts, 5))
         child.next_start = now + backoff
 
-    def _watch_worker(self, child: Child, process: subprocess.Popen[bytes],
+    def _watch_worker(self, child: Child, process: ChildProcess,
                       now: float) -> None:
         """Kill a worker whose event loop stopped, so that it is restarted.
 
@@ -511,19 +553,33 @@ class Supervisor:
         workers = [c.process for c in self.children if c.process is not None]
         for process in workers:
             _signal(process, signal.SIGTERM)
-        _wait_all(workers, STOP_TIMEOUT_S)
+        self._wait_all(workers, STOP_TIMEOUT_S)
         if self.edge is not None and self.edge.process is not None:
             _signal(self.edge.process, signal.SIGTERM)
-            _wait_all([self.edge.process], STOP_TIMEOUT_S)
+            self._wait_all([self.edge.process], STOP_TIMEOUT_S)
             _kill_group(self.edge.process.pid)
         log.info("stopped")
         return 0
 
+    def _wait_all(self, processes: list[ChildProcess], timeout: float) -> None:
+        """Wait for processes to exit, relaying the edge's log meanwhile.
 
-def _die_with_parent() -> None:
-    """Ask the kernel to send SIGTERM to this child when the supervisor dies."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        Kamailio blocks once its log pipe is full, so the pipe is read while
+        waiting. What is still running at the deadline gets SIGKILL.
+        """
+        deadline = time.monotonic() + timeout
+        running = list(processes)
+        while running and time.monotonic() < deadline:
+            self._relay_edge_log(WAIT_POLL_S)
+            running = [p for p in running if p.poll() is None]
+        for process in running:
+            log.warning("pid %d did not stop in %.0f s; killing it", process.pid,
+                        timeout)
+            process.kill()
+            try:
+                process.wait(5)
+            except subprocess.TimeoutExpired:
+                log.error("pid %d survived SIGKILL for 5 s", process.pid)
 
 
 def _kill_group(pgid: int) -> None:
@@ -533,24 +589,11 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _signal(process: subprocess.Popen[bytes], signum: int) -> None:
+def _signal(process: ChildProcess, signum: int) -> None:
     try:
         process.send_signal(signum)
     except ProcessLookupError:
         pass
-
-
-def _wait_all(processes: list[subprocess.Popen[bytes]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for process in processes:
-        remaining = max(0.1, deadline - time.monotonic())
-        try:
-            process.wait(remaining)
-        except subprocess.TimeoutExpired:
-            log.warning("pid %d did not stop in %.0f s; killing it", process.pid,
-                        timeout)
-            process.kill()
-            process.wait(5)
 
 
 def run(cfg: Config) -> int:

@@ -505,6 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, settings.log_level.upper(), logging.INFO),
         format=f"%(asctime)s %(levelname)s {settings.worker_id} %(message)s",
         stream=sys.stderr,
+        # A worker forked from the supervisor inherits its handlers.
+        force=True,
     )
     if settings.log_level != "debug":
         # pjlib prints its start-up banner to stdout before any log level

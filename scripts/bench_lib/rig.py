@@ -107,9 +107,12 @@ def process_role(pid: int) -> str:
     """Name what a process in the edge namespace is, for the CPU split."""
     try:
         command = _read(f"/proc/{pid}/cmdline").split("\0")
+        name = _read(f"/proc/{pid}/comm").strip()
     except OSError:
         return "gone"
-    if "b2bua.worker" in command:
+    # Workers are forked from the supervisor and keep its command line;
+    # b2bua/forked.py names them b2bua-<worker id>.
+    if name.startswith("b2bua-w") or "b2bua.worker" in command:
         return "workers"
     if "b2bua.cli" in command:
         return "supervisor"
