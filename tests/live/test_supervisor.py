@@ -165,3 +165,15 @@ def test_hung_worker_restarted(running: tuple[Path, subprocess.Popen[bytes]]) ->
     assert "has not updated its status" in log
     code, report = dial_echo()
     assert code == 0, report
+
+
+def test_workers_forked_and_named(running: tuple[Path, subprocess.Popen[bytes]]) -> None:
+    tmp, process = running
+    for worker_id in ("w0", "w1"):
+        pid = json.loads((tmp / "run" / "workers" / f"{worker_id}.json").read_text())["pid"]
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        parent_pid = int(stat.rsplit(")", 1)[1].split()[1])
+        assert parent_pid == process.pid, f"{worker_id} is not the supervisor's child"
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == f"b2bua-{worker_id}"
+    code, report = dial_echo()
+    assert code == 0, report
