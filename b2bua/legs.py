@@ -45,6 +45,11 @@ CANCEL_GRACE_S = 4.0
 ICE_CHECK_INTERVAL_S = 0.25
 # pjlib's status for "the operation completes later" (PJ_ERRNO_START_STATUS + 2).
 PJ_EPENDING = 70002
+# pjlib's status when pjsua has no free call slot (PJ_ERRNO_START_STATUS + 10).
+PJ_ETOOMANY = 70010
+# The reason phrase of a 503 on which the edge sends the call to another worker.
+# The edge matches it (WORKER_FULL_REASON in b2bua/edge/kemi.py).
+WORKER_FULL_REASON = "Worker Full"
 # RTP counters are read every tenth of calls.media_timeout, within these
 # bounds: reading them costs a worker more CPU than the rest of its loop.
 MEDIA_CHECK_MIN_INTERVAL_S = 1.0
@@ -355,11 +360,17 @@ class CallPair:
         self.last_ice_check = 0.0
 
     def forget(self, leg: Leg) -> None:
-        """Stop referring to a disconnected leg (see `Leg.release`)."""
+        """Stop referring to a disconnected leg (see `Leg.release`).
+
+        The pair ends with its last leg rather than at the next tick, so
+        that the worker counts its slot free as soon as pjsua does.
+        """
         if self.edge is leg:
             self.edge = None
         if self.target_leg is leg:
             self.target_leg = None
+        if self.edge is None and self.target_leg is None:
+            self._release()
 
     def sdp_rules_for(self, leg: Leg) -> RuleSet | None:
         """Return the operator's SDP rules for what this pair sends on `leg`."""
@@ -409,9 +420,16 @@ class CallPair:
         try:
             self.target_leg.makeCall(self.target.uri, prm)
         except pj.Error as error:
+            self.target_leg = None
+            if error.status == PJ_ETOOMANY:
+                # A call that just ended can hold its pjsua slot a moment
+                # longer (media teardown), so the edge tries another worker.
+                log.warning("call %s: no free pjsua call slot for the outgoing "
+                            "leg; 503 %s", self.call_id, WORKER_FULL_REASON)
+                self._reject_edge(503, WORKER_FULL_REASON)
+                return
             log.warning("call %s: outgoing leg to %s failed to start: %s",
                         self.call_id, self.target.uri, error.info())
-            self.target_leg = None
             self._reject_edge(503, "Service Unavailable",
                               reason_header(503, "outgoing leg failed to start"))
             return

@@ -27,7 +27,7 @@ import pjsua2 as pj
 
 from b2bua import policy as media_policy
 from b2bua import probe
-from b2bua.legs import CallPair, Leg, TargetSpec, guarded
+from b2bua.legs import WORKER_FULL_REASON, CallPair, Leg, TargetSpec, guarded
 from b2bua.sdp_rewrite import RuleSet, compile_rules
 from b2bua.sipmsg import SipParseError, name_addr_uri, parse_message
 
@@ -406,7 +406,7 @@ class Worker:
         if self.stopping or len(active) >= MAX_BRIDGED_CALLS:
             log.warning("call %s: worker %s full (%d bridged calls); 503",
                         call_id, s.worker_id, len(active))
-            Leg.reject_incoming(account, prm.callId, 503, "Worker Full")
+            Leg.reject_incoming(account, prm.callId, 503, WORKER_FULL_REASON)
             return
         target = TargetSpec.from_headers(message)
         if target is None:

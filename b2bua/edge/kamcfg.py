@@ -88,6 +88,7 @@ modparam("dialog", "profiles_with_value", "worker_load;worker_any")
 modparam("dialog", "default_timeout", {max_dialog_s})
 modparam("dialog", "send_bye", 1)
 modparam("dialog", "dlg_match_mode", 1)
+modparam("dialog", "event_callback", "ksr_dialog_event")
 modparam("uac", "restore_mode", "auto")
 modparam("uac", "restore_dlg", 1)
 modparam("dispatcher", "list_file", "{paths['dispatcher_list']}")
@@ -103,6 +104,8 @@ modparam("dispatcher", "ds_ping_reply_codes", "class=2")
 # and the per-worker setup rate limit never triggers.
 modparam("htable", "htable", "setups=>size=8;autoexpire={setups_expire_s};initval=0;")
 modparam("htable", "htable", "workerlock=>size=1;")
+# When each worker's last call ended (seconds since the epoch, as text).
+modparam("htable", "htable", "callended=>size=8;")
 modparam("app_python3", "load", "{paths['kemi_entry']}")
 
 cfgengine "python"

@@ -32,7 +32,7 @@ from b2bua.classify import (
     encode_class_header,
 )
 from b2bua.dialplan import Dialplan, NoRoute
-from b2bua.edge.ratelimit import setup_window
+from b2bua.edge.ratelimit import SetupWindow, setup_window
 from b2bua.sdp import SdpError, SessionDescription
 from b2bua.sdp_rewrite import (
     OFFER,
@@ -46,9 +46,16 @@ from b2bua.sipmsg import SipMessage, SipParseError, parse_message
 DISPATCHER_SET = 1
 BRIDGED_CALLS_PER_WORKER = 2
 RETRY_AFTER_S = 2
-# The reason phrase of a worker's 503 when it already holds its maximum
-# calls; it comes before any leg exists, so another worker can take the call.
+# The reason phrase of a worker's 503 when it has no room for the call
+# (b2bua/legs.py). It comes before any outgoing leg exists, so another worker
+# can take the call.
 WORKER_FULL_REASON = "Worker Full"
+# A worker tears down a call for a moment after the edge's dialog has ended
+# (BYE to the target, pjsua freeing the call slots). A new call sent to it
+# then gets "503 Worker Full" and a retry elsewhere, so a worker that ended
+# a call this recently is picked only when no other worker is free.
+CALL_ENDED_COOLDOWN_S = 0.5
+WORKER_DIALOG_VAR = "$dlg_var(b2bua_worker)"
 # AVPs that follow the INVITE transaction into its failure route.
 TRIED_WORKERS_AVP = "$avp(b2bua_tried_workers)"
 ALLOWED_METHODS = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, INFO, PRACK"
@@ -163,6 +170,14 @@ class EdgeHandler:
         return 1
 
     def ksr_onsend_route(self, msg: Any) -> int:
+        return 1
+
+    def ksr_dialog_event(self, msg: Any, event: str) -> int:
+        """Note when a worker's call ends, for `_pick_worker`'s cooldown."""
+        if event in ("dialog:end", "dialog:failed"):
+            worker_id = KSR.pv.get(WORKER_DIALOG_VAR)
+            if worker_id:
+                KSR.htable.sht_sets("callended", worker_id, f"{time.time():.3f}")
         return 1
 
     def ksr_failure_to_worker(self, msg: Any) -> int:
@@ -543,9 +558,10 @@ class EdgeHandler:
 
         Workers that already bridge a call come first: a second call costs
         a worker far less CPU than a first call costs an idle one, whose
-        conference clock then starts ticking. Counts the call in the
-        worker's dialog profiles and adds the worker to the call's tried
-        list. Runs under an htable lock so that two Kamailio children cannot
+        conference clock then starts ticking. A worker whose call ended in
+        the last CALL_ENDED_COOLDOWN_S comes after all others. Counts the
+        call in the worker's dialog profiles and adds the worker to the
+        call's tried list. Runs under an htable lock so that two Kamailio children cannot
         both see the same free slot.
         """
         now = time.time()
@@ -564,29 +580,53 @@ class EdgeHandler:
                     continue
                 candidates.append((load, offset, worker))
             candidates.sort(key=lambda item: (-item[0], item[1]))
-            for _load, _offset, worker in candidates:
-                # Checked last: the dispatcher searches its whole set per URI.
-                uri = f"sip:{worker['address']}:{worker['port']}"
-                if KSR.dispatcher.ds_is_active_uri(DISPATCHER_SET, uri) < 0:
-                    continue
-                key = window.key(worker["id"], now)
-                # NOTE: the rate limit keeps pjlib's 64-entry socket table from
-                # running dry; see docs/limitations.md.
-                setups = KSR.htable.sht_inc("setups", key)
-                if setups < 1:
-                    # sht_inc returns -255 when it cannot count; a worker
-                    # without a working rate limit is not safe to use.
-                    KSR.err(f"edge: setup counter {key} failed ({setups})\n")
-                    continue
-                if setups > window.limit:
-                    continue
-                if KSR.dialog.is_known_dlg() < 0:
-                    KSR.dialog.dlg_manage()
-                KSR.dialog.set_dlg_profile("worker_load", worker["id"])
-                KSR.dialog.set_dlg_profile("worker_any", worker["id"])
-                tried = KSR.pv.get(TRIED_WORKERS_AVP) or ""
-                KSR.pv.sets(TRIED_WORKERS_AVP, f"{tried},{worker['id']}".lstrip(","))
-                return worker
+            cooling = []
+            for load, _offset, worker in candidates:
+                # An idle worker has room for a call even while it tears down
+                # the last one.
+                if load and self._ended_call_recently(worker["id"], now):
+                    cooling.append(worker)
+                elif self._claim_worker(worker, window, now):
+                    return worker
+            for worker in cooling:
+                if self._claim_worker(worker, window, now):
+                    return worker
             return None
         finally:
             KSR.htable.sht_unlock("workerlock", "pick")
+
+    def _ended_call_recently(self, worker_id: str, now: float) -> bool:
+        ended = KSR.htable.sht_get("callended", worker_id)
+        if not ended:
+            return False
+        try:
+            return now - float(ended) < CALL_ENDED_COOLDOWN_S
+        except ValueError:
+            return False
+
+    def _claim_worker(self, worker: dict[str, Any], window: SetupWindow,
+                      now: float) -> bool:
+        """Count the call on `worker` if it is active and under its setup rate."""
+        # Checked last: the dispatcher searches its whole set per URI.
+        uri = f"sip:{worker['address']}:{worker['port']}"
+        if KSR.dispatcher.ds_is_active_uri(DISPATCHER_SET, uri) < 0:
+            return False
+        key = window.key(worker["id"], now)
+        # NOTE: the rate limit keeps pjlib's 64-entry socket table from
+        # running dry; see docs/limitations.md.
+        setups = KSR.htable.sht_inc("setups", key)
+        if setups < 1:
+            # sht_inc returns -255 when it cannot count; a worker
+            # without a working rate limit is not safe to use.
+            KSR.err(f"edge: setup counter {key} failed ({setups})\n")
+            return False
+        if setups > window.limit:
+            return False
+        if KSR.dialog.is_known_dlg() < 0:
+            KSR.dialog.dlg_manage()
+        KSR.dialog.set_dlg_profile("worker_load", worker["id"])
+        KSR.dialog.set_dlg_profile("worker_any", worker["id"])
+        KSR.pv.sets(WORKER_DIALOG_VAR, worker["id"])
+        tried = KSR.pv.get(TRIED_WORKERS_AVP) or ""
+        KSR.pv.sets(TRIED_WORKERS_AVP, f"{tried},{worker['id']}".lstrip(","))
+        return True

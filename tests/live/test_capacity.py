@@ -343,5 +343,20 @@ def test_burst_of_100_calls(b2bua: B2buaLab, tmp_path: Path) -> None:
     assert_capacity_free(b2bua)
 
 
+def test_overlapping_short_calls_no_retry(b2bua: B2buaLab, tmp_path: Path) -> None:
+    # Calls of 400 ms at 8/s overlap by about three. The edge fills a worker's
+    # second slot first, so without a cooldown each new call tends to go to
+    # the worker that is still tearing down the call that just ended there.
+    full_before = b2bua.log_text().count("full (2 bridged calls)")
+    code, trace = run_sipp(b2bua, tmp_path, calls=40, rate=8, hold_ms=400)
+
+    statuses = [m.status for m in invite_finals(trace).values()]
+    assert len(statuses) == 40
+    assert statuses.count(200) == 40, statuses
+    assert code == 0, "sipp reported failed calls"
+    retries = b2bua.log_text().count("full (2 bridged calls)") - full_before
+    assert retries == 0, f"{retries} calls were sent to a full worker first"
+
+
 def calls_handled(b2bua: B2buaLab) -> dict[str, int]:
     return {s["worker"]: s["calls_handled"] for s in b2bua.worker_status()}
