@@ -704,6 +704,16 @@ def _check_consistency(values: dict[str, Any]) -> None:
             ("workers", "sip_port_base"),
         )
 
+    classes: dict[str, ClassPolicy] = values["classes"]
+    for name, policy in classes.items():
+        if policy.plain_callers_via_turn and not (policy.ice and policy.turn):
+            raise SchemaError(
+                ("classes", name, "plain_callers_via_turn"),
+                "needs ice: true and turn: true in the same class, because "
+                "the relay address comes from the edge leg's TURN allocation; "
+                "set both or remove this key",
+            )
+
     federation = values["federation"]
     both = sorted(set(federation["allow"]) & set(federation["deny"]))
     if both:

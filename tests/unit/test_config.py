@@ -497,3 +497,15 @@ def test_plain_callers_via_turn_must_be_boolean(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert "classes.remote.plain_callers_via_turn" in str(info.value)
+
+
+@pytest.mark.parametrize("policy", ["ice: false, turn: true", "ice: true, turn: false"])
+def test_plain_callers_via_turn_needs_ice_and_turn(tmp_path: Path, policy: str) -> None:
+    path = write(tmp_path, "classes:\n"
+                           "  remote: {ice: true}\n"
+                           f"  federation: {{{policy}, plain_callers_via_turn: true}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert ":3: classes.federation.plain_callers_via_turn:" in message
+    assert "needs ice: true and turn: true" in message
