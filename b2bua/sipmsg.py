@@ -9,6 +9,7 @@ parse. Anything that is not a SIP start line raises `SipParseError`.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 
@@ -169,6 +170,53 @@ def _parse_headers(lines: list[str]) -> list[tuple[str, str]]:
             raise SipParseError(f"line {number}: invalid header line {shown!r}")
         headers.append((canonical_header_name(name), value.strip()))
     return headers
+
+
+# The headers a response copies from its request (RFC 3261 section 8.2.6.2).
+_RESPONSE_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
+
+
+def error_response_for_unparsable(data: bytes, status: int, reason: str,
+                                  warning: str = "", agent: str = "-") -> bytes | None:
+    """Build a final response to a request that `parse_message` rejects.
+
+    Kamailio cannot answer a request once one header line fails to parse,
+    because its reply builder parses every header. This reads the start line
+    and the Via, From, To, Call-ID and CSeq lines, skips any line it cannot
+    read, and returns None when the message is not a request, is an ACK (which
+    gets no response), or lacks one of those headers. `warning` goes into a
+    Warning header with code 399 and `agent` as the warn-agent.
+    """
+    head, _body = _split_head_and_body(data)
+    lines = [line.rstrip("\r") for line in
+             head.decode("utf-8", "replace").split("\n")]
+    while lines and not lines[0].strip():
+        lines.pop(0)
+    request = _REQUEST_LINE.match(lines[0].strip()) if lines else None
+    if request is None or request.group(1).upper() == "ACK":
+        return None
+    found: dict[str, list[str]] = {name: [] for name in _RESPONSE_HEADERS}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        name = canonical_header_name(name)
+        if colon and name in found and value.strip():
+            found[name].append(value.strip())
+    if any(not values for values in found.values()):
+        return None
+    to_value = found["To"][0]
+    if ";tag=" not in to_value.replace(" ", "").lower():
+        seed = f"{found['Call-ID'][0]}|{found['Via'][0]}|{found['CSeq'][0]}"
+        to_value += ";tag=" + hashlib.sha1(seed.encode()).hexdigest()[:16]
+    out = [f"SIP/2.0 {status} {reason}"]
+    out += [f"Via: {value}" for value in found["Via"]]
+    out += [f"From: {found['From'][0]}", f"To: {to_value}",
+            f"Call-ID: {found['Call-ID'][0]}", f"CSeq: {found['CSeq'][0]}"]
+    if warning:
+        # A quoted-string cannot hold a bare double quote or a line end.
+        text = " ".join(warning.replace('"', "'").split())
+        out.append(f'Warning: 399 {agent} "{text}"')
+    out += ["Content-Length: 0", "", ""]
+    return "\r\n".join(out).encode("utf-8")
 
 
 def split_header_list(value: str) -> list[str]:

@@ -41,7 +41,12 @@ from b2bua.sdp_rewrite import (
     encryption_answer,
 )
 from b2bua.sipbody import MessageTooLarge, normalize_for_worker, sdp_has_ice
-from b2bua.sipmsg import SipMessage, SipParseError, parse_message
+from b2bua.sipmsg import (
+    SipMessage,
+    SipParseError,
+    error_response_for_unparsable,
+    parse_message,
+)
 
 DISPATCHER_SET = 1
 BRIDGED_CALLS_PER_WORKER = 2
@@ -245,8 +250,10 @@ class EdgeHandler:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return
         if KSR.sanity.sanity_check(17895, 7) < 0:
-            # sanity has already replied with the reason (400, 420, ...).
+            # sanity has already replied with the reason (400, 420, ...),
+            # unless a header line could not be parsed.
             KSR.info(f"edge: {method} from {self._source()} failed sanity checks\n")
+            self._reply_to_unparsable()
             return
         worker = self._worker_for_source()
         if KSR.siputils.has_totag() > 0:
@@ -489,6 +496,34 @@ class EdgeHandler:
         KSR.sl.send_reply(status, reason)
 
     # ----- helpers --------------------------------------------------------------
+
+    def _reply_to_unparsable(self) -> None:
+        """Send 400 to a request whose header lines Kamailio cannot parse.
+
+        Kamailio's reply builder parses every header, so sanity fails to
+        answer such a request and the caller would retransmit until its
+        timer fires. The response is built from the raw bytes instead.
+        """
+        data = (KSR.pv.get("$mb") or "").encode("utf-8", "surrogateescape")
+        try:
+            parse_message(data)
+            return
+        except SipParseError as error:
+            problem = str(error)
+        call_id = KSR.pv.get("$ci") or "?"
+        reply = error_response_for_unparsable(data, 400, "Bad Request", problem,
+                                              WARNING_AGENT)
+        if reply is None:
+            KSR.info(f"call {call_id}: unparsable request from {self._source()} "
+                     f"({problem}) lacks the headers a response needs; dropped\n")
+            return
+        address = KSR.pv.get("$Ri") or ""
+        if ":" in address:
+            address = f"[{address}]"
+        socket = f"{KSR.pv.get('$pr')}:{address}:{KSR.pv.get('$Rp')}"
+        KSR.info(f"call {call_id}: unparsable request from {self._source()} "
+                 f"({problem}); 400\n")
+        KSR.corex.sendx(KSR.pv.get("$su"), socket, reply.decode("utf-8"))
 
     def _source(self) -> str:
         return (f"{KSR.pv.get('$pr')}:{KSR.pv.get('$si')}:{KSR.pv.get('$sp')}")

@@ -1,7 +1,7 @@
 """Send one raw SIP message over UDP and print the status lines received.
 
 Run inside a test namespace: `python3 raw_sip.py BIND HOST PORT FILE
-[--padded-bye-first | --in-dialog-probes]`.
+[--padded-bye-first | --colonless-bye-first | --in-dialog-probes]`.
 FILE contains the message bytes as they go on the wire (no line-end
 conversion), so tests can send malformed and binary messages. It waits
 up to 3 s for responses, and prints each status line. A 200 to an INVITE
@@ -25,10 +25,10 @@ def headers_of(message: bytes) -> list[tuple[str, str]]:
 
 
 def end_call(sock: socket.socket, invite: bytes, ok: bytes, edge: tuple[str, int],
-             probes: tuple[tuple[str, int], ...] = ()) -> None:
+             probes: tuple[tuple[str, tuple[str, ...]], ...] = ()) -> None:
     """Send ACK and BYE for an answered INVITE, through its Record-Route.
 
-    `probes` are (method, padding header count) requests sent in between.
+    `probes` are (method, extra header lines) requests sent in between.
     With probes, the status line of each response after the ACK is printed.
     """
     request = dict(headers_of(invite))
@@ -37,15 +37,15 @@ def end_call(sock: socket.socket, invite: bytes, ok: bytes, edge: tuple[str, int
     routes = [value for name, value in response if name == "record-route"]
     contact = values.get("contact", "").strip("<>").split(">")[0]
     via_host = request["via"].split()[1].split(";")[0]
-    steps = [("ACK", 0), *probes, ("BYE", 0)]
-    for cseq, (method, padding) in enumerate(steps, start=1):
+    steps = [("ACK", ()), *probes, ("BYE", ())]
+    for cseq, (method, extra_lines) in enumerate(steps, start=1):
         lines = [f"{method} {contact} SIP/2.0",
                  f"Via: SIP/2.0/UDP {via_host};branch=z9hG4bK{method}{cseq}x",
                  "Max-Forwards: 70", f"From: {request['from']}",
                  f"To: {values['to']}", f"Call-ID: {request['call-id']}",
                  f"CSeq: {cseq} {method}"]
         lines += [f"Route: {route}" for route in routes]
-        lines += [f"X-Pad-{n}: {'x' * 70}" for n in range(padding)]
+        lines += extra_lines
         lines += ["Content-Length: 0", "", ""]
         sock.sendto("\r\n".join(lines).encode(), edge)
         if method == "ACK":
@@ -59,9 +59,11 @@ def end_call(sock: socket.socket, invite: bytes, ok: bytes, edge: tuple[str, int
             print(reply.split(b"\r\n", 1)[0].decode("utf-8", "replace"), flush=True)
 
 
-PROBES = {
-    "--padded-bye-first": (("BYE", 70),),
-    "--in-dialog-probes": (("OPTIONS", 0), ("INFO", 0)),
+PROBES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "--padded-bye-first": (
+        ("BYE", tuple(f"X-Pad-{n}: {'x' * 70}" for n in range(70))),),
+    "--colonless-bye-first": (("BYE", ("ThisHeaderLineHasNoColon",)),),
+    "--in-dialog-probes": (("OPTIONS", ()), ("INFO", ())),
 }
 
 

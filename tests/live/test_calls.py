@@ -314,6 +314,22 @@ def test_non_utf8_header_gets_400(b2bua: B2buaLab, tmp_path: Path) -> None:
     assert finals[0].startswith("SIP/2.0 400 "), lines
 
 
+def test_colonless_header_gets_400(b2bua: B2buaLab, tmp_path: Path) -> None:
+    sdp = far_sdp(b2bua, PCMU_AUDIO)
+    # After From, To, Call-ID and CSeq: Kamailio drops a request without
+    # a reply when it cannot reach those (see docs/limitations.md).
+    invite = raw_invite(b2bua, "colonless-invite", sdp).replace(
+        b"CSeq: 1 INVITE\r\n", b"CSeq: 1 INVITE\r\nThisHeaderLineHasNoColon\r\n")
+    lines = send_raw(b2bua, tmp_path, invite)
+    assert status_codes(lines) == ["400"], lines
+
+    # Inside a call, the broken BYE gets 400 and leaves the call up, so the
+    # caller's next BYE ends it.
+    lines = send_raw(b2bua, tmp_path, raw_invite(b2bua, "colonless-bye", sdp),
+                     "--colonless-bye-first")
+    assert status_codes(lines)[-3:] == ["200", "400", "200"], lines
+
+
 def test_in_dialog_keepalives_get_200(b2bua: B2buaLab, tmp_path: Path) -> None:
     # Phones send these inside a call as keepalives; a 500 can make them
     # hang up.
