@@ -352,11 +352,11 @@ class Supervisor:
         if child is self.edge:
             self._spawn_edge(child)
             return
-        inherited = [self.lock_file.fileno()] if self.lock_file else []
-        if self.edge is not None and self.edge.process is not None:
-            assert isinstance(self.edge.process, subprocess.Popen)
-            if self.edge.process.stdout is not None:
-                inherited.append(self.edge.process.stdout.fileno())
+        # The edge's log pipes and their selector, and the runtime_dir lock.
+        inherited = [self.edge_log.fileno()]
+        inherited += [key.fd for key in self.edge_log.get_map().values()]
+        if self.lock_file:
+            inherited.append(self.lock_file.fileno())
         child.process = forked.fork_worker(child.name, self.paths["runtime"],
                                            child.extra["index"], inherited)
         child.started_at = time.monotonic()
