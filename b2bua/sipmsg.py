@@ -180,7 +180,7 @@ def error_response_for_unparsable(data: bytes, status: int, reason: str,
                                   warning: str = "", agent: str = "-") -> bytes | None:
     """Build a final response to a request that `parse_message` rejects.
 
-    Kamailio cannot answer a request once one header line fails to parse,
+    Kamailio cannot reply to a request once one header line fails to parse,
     because its reply builder parses every header. This reads the start line
     and the Via, From, To, Call-ID and CSeq lines, skips any line it cannot
     read, and returns None when the message is not a request, is an ACK (which
