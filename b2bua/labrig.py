@@ -38,6 +38,8 @@ from typing import Any
 import click
 import yaml
 
+from b2bua import coturn
+
 log = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -381,31 +383,18 @@ class Rig:
 
     def _start_turn(self) -> None:
         user, password = self.turn_credentials
-        argv = [
-            "turnserver", "-n", "--listening-ip", RELAY_INSIDE_IP,
-            "--listening-ip", RELAY_WAN_IP, "--relay-ip", RELAY_WAN_IP,
-            "--listening-port", str(TURN_PORT), "--lt-cred-mech",
-            "--user", f"{user}:{password}", "--realm", "lab.test",
-            "--no-tls", "--no-dtls", "--no-cli",
-            "--allowed-peer-ip", "10.99.0.0-10.99.255.255",
-            "--min-port", "49160", "--max-port", "49399",
+        argv = coturn.coturn_argv(
+            listen_ips=(RELAY_INSIDE_IP, RELAY_WAN_IP), relay_ip=RELAY_WAN_IP,
+            port=TURN_PORT, user=user, password=password, realm="lab.test",
+            relay_ports=(49160, 49399), state_dir=self.state_dir,
             # Verbose logs name each session's transport and peer, which
             # the TURN-over-TCP scenario checks.
-            "--verbose", "--log-file", "stdout", "--simple-log",
-            "--userdb", str(self.state_dir / "turndb"),
-            "--pidfile", str(self.state_dir / "turn.pid"),
-        ]
+            verbose=True,
+        )
         self.turn_log.write_text("")
         process = self.spawn("relay", "coturn", argv, self.turn_log)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if "Relay ports initialization done" in self.turn_log.read_text(
-                    errors="replace"):
-                return
-            if process.poll() is not None:
-                break
-            time.sleep(0.1)
-        raise RigError(f"coturn did not start; see {self.turn_log}")
+        if not coturn.wait_until_ready(self.turn_log, process, READY_TIMEOUT_S):
+            raise RigError(f"coturn did not start; see {self.turn_log}")
 
     def _start_b2bua(self) -> None:
         self.config_path.write_text(yaml.safe_dump(self.config))

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from b2bua import coturn
 from b2bua.netns import Lab, Namespace
 
 from . import measure
@@ -276,26 +277,17 @@ class Rig:
         return result
 
     def start_turn(self) -> subprocess.Popen[bytes]:
-        argv = [
-            "turnserver", "-n", "--listening-ip", self.edge_ip,
-            "--relay-ip", self.edge_ip, "--listening-port", "3478",
-            "--lt-cred-mech", "--user", f"{TURN_USER}:{TURN_PASSWORD}",
-            "--realm", "bench.test", "--no-tls", "--no-dtls", "--no-cli",
-            "--allowed-peer-ip", "10.99.0.0-10.99.255.255",
-            "--min-port", "40000", "--max-port", "49999",
-            "--userdb", str(self.workdir / "turndb"),
-            "--pidfile", str(self.workdir / "turn.pid"),
-            "--log-file", "stdout", "--simple-log",
-        ]
+        argv = coturn.coturn_argv(
+            listen_ips=(self.edge_ip,), relay_ip=self.edge_ip, port=3478,
+            user=TURN_USER, password=TURN_PASSWORD, realm="bench.test",
+            relay_ports=(40000, 49999), state_dir=self.workdir,
+        )
         logpath = self.workdir / "turn.log"
         with logpath.open("w") as logfile:
             process = self.edge.popen(argv, stdout=logfile, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if "Relay ports initialization done" in logpath.read_text(errors="replace"):
-                return process
-            time.sleep(0.1)
-        raise RuntimeError(f"coturn did not start; see {logpath}")
+        if not coturn.wait_until_ready(logpath, process, 10):
+            raise RuntimeError(f"coturn did not start; see {logpath}")
+        return process
 
     # ----- sampling ----------------------------------------------------------
 
