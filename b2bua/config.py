@@ -713,6 +713,13 @@ def _check_consistency(values: dict[str, Any]) -> None:
                 "the relay address comes from the edge leg's TURN allocation; "
                 "set both or remove this key",
             )
+        if policy.plain_callers_via_turn and not any(
+                service.ice.turn for service in values["services"]):
+            raise SchemaError(
+                ("classes", name, "plain_callers_via_turn"),
+                "needs a TURN server, and ice.turn is empty; add one under "
+                "ice.turn or remove this key",
+            )
 
     federation = values["federation"]
     both = sorted(set(federation["allow"]) & set(federation["deny"]))

@@ -172,6 +172,57 @@ def _parse_headers(lines: list[str]) -> list[tuple[str, str]]:
     return headers
 
 
+_NAME_ADDR = re.compile(r'^(?:"(?:[^"\\]|\\.)*"\s*|[^"<]*)<([^<>]*)>(.*)$', re.DOTALL)
+_URI_SYNTAX = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s<>]+$")
+
+
+def address_syntax_problem(value: str) -> str | None:
+    """Check one From, To or Contact value (RFC 3261 name-addr or addr-spec).
+
+    Returns what is wrong, or None. Header parameters are not checked
+    beyond starting with a semicolon, because Lync and Skype for Business
+    put quoted URNs with angle brackets into them.
+    """
+    text = value.strip()
+    if "<" in text:
+        match = _NAME_ADDR.match(text)
+        if match is None:
+            return "unbalanced angle brackets or quotes"
+        uri, rest = match.group(1).strip(), match.group(2).strip()
+        if rest and not rest.startswith(";"):
+            return f"unexpected text {rest[:40]!r} after the URI"
+    else:
+        uri = text.split(";", 1)[0].strip()
+    if not _URI_SYNTAX.match(uri):
+        return f"invalid URI {uri[:60]!r}"
+    return None
+
+
+def dialog_address_problem(message: SipMessage) -> str | None:
+    """Check From, To and Contact of a dialog-creating request.
+
+    Returns a message naming the header and what is wrong, or None. pjsip
+    drops a request whose address headers it cannot parse without any
+    response, so the edge checks them first.
+    """
+    for name in ("From", "To"):
+        values = message.header_values(name)
+        if len(values) != 1:
+            return f"expected one {name} header, found {len(values)}"
+        problem = address_syntax_problem(values[0])
+        if problem is not None:
+            return f"invalid {name} header: {problem}"
+    contacts = [item for value in message.header_values("Contact")
+                for item in split_header_list(value)]
+    if not contacts:
+        return "missing Contact header"
+    for contact in contacts:
+        problem = address_syntax_problem(contact)
+        if problem is not None:
+            return f"invalid Contact header: {problem}"
+    return None
+
+
 # The headers a response copies from its request (RFC 3261 section 8.2.6.2).
 _RESPONSE_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq")
 

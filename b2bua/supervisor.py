@@ -60,11 +60,29 @@ _KAMAILIO_LEVELS = {
 }
 
 
+# Kamailio 5.6 logs these at ERROR or WARNING for each request with a header
+# line it cannot parse, eight lines for one request. The routing script logs
+# one line of its own for such a request, with the call id and the line, so
+# these are demoted to DEBUG.
+_MALFORMED_REQUEST_NOISE = (
+    "invalid header name for",
+    "bad header field",
+    "bad header",
+    "alas, parse_headers failed",
+    "failed to parse headers",
+    "failed to send 400 reply",
+)
+# Repeats of the same WARNING or ERROR line from the edge within this many
+# seconds are counted instead of logged.
+EDGE_REPEAT_WINDOW_S = 10.0
+
+
 def parse_kamailio_log_line(line: str) -> tuple[int, str] | None:
     """Map one line of Kamailio's stderr to a Python log level and text.
 
-    Lines the routing script logs keep their level; Kamailio's own INFO
-    chatter (module start-up, listener lists) is demoted to DEBUG.
+    Lines the routing script logs keep their level. Kamailio's own INFO
+    chatter (module start-up, listener lists) and its per-request errors
+    about malformed headers are demoted to DEBUG.
     """
     line = line.rstrip()
     if not line:
@@ -77,9 +95,40 @@ def parse_kamailio_log_line(line: str) -> tuple[int, str] | None:
     from_script = (match.group("function") or "").startswith("sr_kemi_core_")
     if level == logging.INFO and not from_script:
         level = logging.DEBUG
+    if not from_script and text.startswith(_MALFORMED_REQUEST_NOISE):
+        level = logging.DEBUG
     if not from_script:
         text = f"{match.group('module')}: {text}"
     return level, text
+
+
+class RepeatLimiter:
+    """Count repeats of a log line instead of logging each one.
+
+    The first line of a kind is logged; identical lines within `window_s`
+    are counted, and the next one logged after the window carries the count.
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        # text -> (time the text was last logged, repeats since then)
+        self.seen: dict[str, tuple[float, int]] = {}
+
+    def admit(self, text: str, now: float) -> str | None:
+        """Return the line to log for `text` at `now`, or None to skip it."""
+        last = self.seen.get(text)
+        if last is not None and now - last[0] < self.window_s:
+            self.seen[text] = (last[0], last[1] + 1)
+            return None
+        repeats = last[1] if last is not None else 0
+        self.seen[text] = (now, 0)
+        if len(self.seen) > 1000:
+            # Lines with unique text (call ids) never repeat; keep the map small.
+            self.seen = {k: v for k, v in self.seen.items()
+                         if now - v[0] < self.window_s}
+        if repeats:
+            return f"{text} ({repeats} more in the last {now - last[0]:.0f} s)"
+        return text
 
 
 class SupervisorError(RuntimeError):
@@ -248,6 +297,7 @@ class Supervisor:
         # thread, so that the supervisor can fork workers safely.
         self.edge_log = selectors.DefaultSelector()
         self.edge_log_partial = b""
+        self.edge_repeats = RepeatLimiter(EDGE_REPEAT_WINDOW_S)
 
     # ----- start -------------------------------------------------------------
 
@@ -412,6 +462,11 @@ class Supervisor:
             # Kamailio's children report the closed pipes of a normal
             # shutdown as CRITICAL "EOF on N".
             level = logging.DEBUG
+        if level >= logging.WARNING:
+            admitted = self.edge_repeats.admit(text, time.monotonic())
+            if admitted is None:
+                return
+            text = admitted
         logging.getLogger("b2bua.edge").log(level, "%s", text)
 
     # ----- watch -------------------------------------------------------------
@@ -508,9 +563,10 @@ class Supervisor:
                 failed += 1
                 log.warning("%s: could not end call %s (dialog state %d) at the "
                             "edge", child.name, dialog.call_id, dialog.state)
-        log.warning("%s: ended %d call(s) and rejected %d call setup(s) of the "
-                    "failed worker at the edge; %d failed",
-                    child.name, ended, rejected, failed)
+        if ended or rejected or failed:
+            log.warning("%s: ended %d call(s) and rejected %d call setup(s) of "
+                        "the failed worker at the edge; %d failed",
+                        child.name, ended, rejected, failed)
 
     def _worker_dialogs(self, worker_id: str) -> list[EdgeDialog]:
         output = self._rpc_output("dlg.profile_list", "worker_any", worker_id)

@@ -47,6 +47,10 @@ TURN_REPROBE_INTERVAL_S = 60.0
 TURN_STARTUP_PROBE_WAIT_S = 7.0
 
 
+class WorkerStartError(RuntimeError):
+    """A worker cannot start, with the reason and the setting to change."""
+
+
 @dataclass
 class WorkerSettings:
     """Settings of one worker, read from the supervisor's runtime file."""
@@ -202,7 +206,14 @@ class Worker:
         tp_cfg = pj.TransportConfig()
         tp_cfg.boundAddress = s.sip_address
         tp_cfg.port = s.sip_port
-        self.endpoint.transportCreate(pj.PJSIP_TRANSPORT_UDP, tp_cfg)
+        try:
+            self.endpoint.transportCreate(pj.PJSIP_TRANSPORT_UDP, tp_cfg)
+        except pj.Error as error:
+            raise WorkerStartError(
+                f"worker {s.worker_id}: cannot listen on UDP {s.sip_address}:"
+                f"{s.sip_port} ({error.reason}); free the port or change "
+                "workers.sip_port_base"
+            ) from None
         self.endpoint.audDevManager().setNullDev()
         self.endpoint.libStart()
         self._set_codec_priorities()
@@ -518,7 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, worker.request_stop)
     signal.signal(signal.SIGINT, worker.request_stop)
     try:
-        worker.start()
+        try:
+            worker.start()
+        except WorkerStartError as error:
+            log.error("%s", error)
+            return 1
         worker.run()
     finally:
         worker.shutdown()

@@ -44,6 +44,7 @@ from b2bua.sipbody import MessageTooLarge, normalize_for_worker, sdp_has_ice
 from b2bua.sipmsg import (
     SipMessage,
     SipParseError,
+    dialog_address_problem,
     error_response_for_unparsable,
     parse_message,
 )
@@ -191,9 +192,12 @@ class EdgeHandler:
             return 1
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
             call_id = KSR.pv.get("$ci")
-            KSR.warn(f"call {call_id}: worker {KSR.pv.get('$du')} did not answer;"
-                     " marking it inactive, 503\n")
-            KSR.dispatcher.ds_mark_dst_state("ip")
+            # The worker is not marked inactive here: pjsip drops a request it
+            # cannot parse without a reply, so one malformed INVITE would
+            # take a healthy worker out of service. The dispatcher's OPTIONS
+            # probes (every 2 s) take out a worker that is really down.
+            KSR.warn(f"call {call_id}: worker {KSR.pv.get('$du')} did not answer "
+                     "the INVITE; 503\n")
             KSR.hdr.append_to_reply(f"Retry-After: {RETRY_AFTER_S}\r\n")
             KSR.tm.t_reply(503, "Worker Unavailable")
             return 1
@@ -246,14 +250,21 @@ class EdgeHandler:
 
     def _route_request(self) -> None:
         method = KSR.pv.get("$rm")
-        if KSR.maxfwd.process_maxfwd(10) < 0:
+        max_forwards = KSR.maxfwd.process_maxfwd(10)
+        if max_forwards == -1:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
+            return
+        if max_forwards < 0:
+            # The module failed to read the headers; so would sl's reply.
+            KSR.info(f"edge: {method} from {self._source()}: Max-Forwards "
+                     "processing failed\n")
+            self._reply_to_unparsable("invalid Max-Forwards header")
             return
         if KSR.sanity.sanity_check(17895, 7) < 0:
             # sanity has already replied with the reason (400, 420, ...),
             # unless a header line could not be parsed.
             KSR.info(f"edge: {method} from {self._source()} failed sanity checks\n")
-            self._reply_to_unparsable()
+            self._reply_to_unparsable(None)
             return
         worker = self._worker_for_source()
         if KSR.siputils.has_totag() > 0:
@@ -350,6 +361,11 @@ class EdgeHandler:
         domain = KSR.pv.get("$rd") or ""
         KSR.info(f"call {call_id}: received INVITE from {KSR.pv.get('$fu')} "
                  f"to {KSR.pv.get('$ru')} via {self._source()}\n")
+        address_problem = dialog_address_problem(message)
+        if address_problem is not None:
+            KSR.info(f"call {call_id}: {address_problem}; 400\n")
+            self._reply_error(400, "Bad Request", address_problem)
+            return
 
         listener = self._listener()
         service = listener["service"] if listener else self.default_service
@@ -497,20 +513,29 @@ class EdgeHandler:
 
     # ----- helpers --------------------------------------------------------------
 
-    def _reply_to_unparsable(self) -> None:
+    def _reply_to_unparsable(self, parsed_problem: str | None) -> None:
         """Send 400 to a request whose header lines Kamailio cannot parse.
 
         Kamailio's reply builder parses every header, so sanity fails to
         answer such a request and the caller would retransmit until its
         timer fires. The response is built from the raw bytes instead.
+        When the edge's own parser reads the request, a Kamailio module
+        has already replied, unless `parsed_problem` names what it failed
+        on; then the 400 goes out through sl with that as the Warning.
         """
         data = (KSR.pv.get("$mb") or "").encode("utf-8", "surrogateescape")
         try:
             parse_message(data)
+            if parsed_problem is not None:
+                self._reply_error(400, "Bad Request", parsed_problem)
             return
         except SipParseError as error:
             problem = str(error)
         call_id = KSR.pv.get("$ci") or "?"
+        if KSR.pv.get("$rm") == "ACK":
+            KSR.info(f"call {call_id}: unparsable ACK from {self._source()} "
+                     f"({problem}); dropped\n")
+            return
         reply = error_response_for_unparsable(data, 400, "Bad Request", problem,
                                               WARNING_AGENT)
         if reply is None:

@@ -330,6 +330,20 @@ def test_colonless_header_gets_400(b2bua: B2buaLab, tmp_path: Path) -> None:
     assert status_codes(lines)[-3:] == ["200", "400", "200"], lines
 
 
+def test_junk_after_contact_gets_400(b2bua: B2buaLab, tmp_path: Path) -> None:
+    # pjsip drops an INVITE whose Contact it cannot parse without a reply,
+    # so the edge must answer it and keep the worker in service.
+    sdp = far_sdp(b2bua, PCMU_AUDIO)
+    invite = raw_invite(b2bua, "junk-contact", sdp).replace(
+        b">\r\nContent-Type:", b">\r\n\tjunk-continuation\r\nContent-Type:")
+    assert b"junk-continuation" in invite
+    lines = send_raw(b2bua, tmp_path, invite)
+    assert status_codes(lines) == ["400"], lines
+    assert "invalid Contact header" in b2bua.log_text()
+    code, report = b2bua.dial("echo", "--duration", "1")
+    assert code == 0, report
+
+
 def test_in_dialog_keepalives_get_200(b2bua: B2buaLab, tmp_path: Path) -> None:
     # Phones send these inside a call as keepalives; a 500 can make them
     # hang up.

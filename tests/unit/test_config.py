@@ -509,3 +509,15 @@ def test_plain_callers_via_turn_needs_ice_and_turn(tmp_path: Path, policy: str) 
     message = str(info.value)
     assert ":3: classes.federation.plain_callers_via_turn:" in message
     assert "needs ice: true and turn: true" in message
+
+
+def test_plain_callers_via_turn_needs_turn_server(tmp_path: Path) -> None:
+    path = write(tmp_path, "classes:\n"
+                           "  remote: {ice: true}\n"
+                           "  federation: {ice: true, turn: true, "
+                           "plain_callers_via_turn: true}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert ":3: classes.federation.plain_callers_via_turn:" in message
+    assert "ice.turn is empty" in message

@@ -1,10 +1,17 @@
-"""Responses built from raw bytes for requests that do not parse."""
+"""Checks and responses for requests the edge cannot pass to a worker."""
 
 from __future__ import annotations
 
 import pytest
 
-from b2bua.sipmsg import SipParseError, error_response_for_unparsable, parse_message
+from b2bua.sipmsg import (
+    SipMessage,
+    SipParseError,
+    address_syntax_problem,
+    dialog_address_problem,
+    error_response_for_unparsable,
+    parse_message,
+)
 
 BROKEN_BYE = (
     b"BYE sip:w0@127.0.0.1:5100 SIP/2.0\r\n"
@@ -77,3 +84,48 @@ def test_no_response_to_ack_or_response() -> None:
     assert error_response_for_unparsable(ack, 400, "x") is None
     response = b"SIP/2.0 200 OK\r\n" + BROKEN_BYE.split(b"\r\n", 1)[1]
     assert error_response_for_unparsable(response, 400, "x") is None
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ("<sip:alice@10.0.0.2:5062>", None),
+    ("sip:alice@10.0.0.2;tag=f1", None),
+    ('"Alice <home>" <sip:alice@example.com>;tag=f1', None),
+    ('"A \\" quote" <sip:a@example.com>', None),
+    (" <tel:+15551234>", None),
+    # Lync and Skype for Business Contact parameters.
+    ('<sip:bob@example.com;gruu;opaque=srvr:x>;+sip.instance="<urn:uuid:1a>"', None),
+    ("<sip:c@10.0.0.2:5060> junk-continuation",
+     "unexpected text 'junk-continuation' after the URI"),
+    ("<sip:c@10.0.0.2", "unbalanced angle brackets or quotes"),
+    ("junk", "invalid URI 'junk'"),
+    ("<>", "invalid URI ''"),
+    ("*", "invalid URI '*'"),
+])
+def test_address_syntax(value: str, problem: str | None) -> None:
+    assert address_syntax_problem(value) == problem
+
+
+def invite_with(headers: str) -> SipMessage:
+    return parse_message(
+        b"INVITE sip:bob@example.com SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 10.0.0.2;branch=z9hG4bKa\r\n"
+        + headers.encode() +
+        b"Call-ID: c1\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n")
+
+
+@pytest.mark.parametrize(("headers", "problem"), [
+    ("From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+     "Contact: <sip:a@10.0.0.2>, <sip:a@10.0.0.3>\r\n", None),
+    ("From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n",
+     "missing Contact header"),
+    ("From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+     "Contact: <sip:a@10.0.0.2>\r\n\tjunk\r\n",
+     "invalid Contact header: unexpected text 'junk' after the URI"),
+    ("From: <sip:a@example.com>;tag=1\r\nTo: bob\r\nContact: <sip:a@10.0.0.2>\r\n",
+     "invalid To header: invalid URI 'bob'"),
+    ("From: <sip:a@example.com>;tag=1\r\nf: <sip:b@example.com>;tag=2\r\n"
+     "To: <sip:bob@example.com>\r\nContact: <sip:a@10.0.0.2>\r\n",
+     "expected one From header, found 2"),
+])
+def test_dialog_addresses(headers: str, problem: str | None) -> None:
+    assert dialog_address_problem(invite_with(headers)) == problem
