@@ -255,7 +255,7 @@ class EdgeHandler:
             KSR.sl.sl_send_reply(483, "Too Many Hops")
             return
         if max_forwards < 0:
-            # The module failed to read the headers; so would sl's reply.
+            # The module failed to read the headers, and sl would fail too.
             KSR.info(f"edge: {method} from {self._source()}: Max-Forwards "
                      "processing failed\n")
             self._reply_to_unparsable("invalid Max-Forwards header")
@@ -516,8 +516,8 @@ class EdgeHandler:
     def _reply_to_unparsable(self, parsed_problem: str | None) -> None:
         """Send 400 to a request whose header lines Kamailio cannot parse.
 
-        Kamailio's reply builder parses every header, so sanity fails to
-        answer such a request and the caller would retransmit until its
+        Kamailio's reply builder parses every header, so sanity cannot
+        reply to such a request and the caller would retransmit until its
         timer fires. The response is built from the raw bytes instead.
         When the edge's own parser reads the request, a Kamailio module
         has already replied, unless `parsed_problem` names what it failed

@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from b2bua import coturn
 from b2bua.netns import Lab, Namespace
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,13 +40,16 @@ class B2buaLab:
 
     def __init__(self, tmp: Path, subnet: int, workers: int = 2,
                  config: dict[str, Any] | None = None,
-                 dialplan: dict[str, Any] | None = None) -> None:
+                 dialplan: dict[str, Any] | None = None,
+                 prefix: str = "tb2b") -> None:
         self.tmp = tmp
         self.subnet = subnet
         self.edge_ip = f"10.99.{subnet}.1"
         self.far_ip = f"10.99.{subnet}.2"
         self.workers = workers
-        self.lab = Lab("tb2b")
+        # Namespaces are <prefix>-<pid>-edge and -far; scripts outside the
+        # test suite pass their own prefix to keep clear of its cleanup.
+        self.lab = Lab(prefix)
         self.edge: Namespace | None = None
         self.far: Namespace | None = None
         self.run_process: subprocess.Popen[bytes] | None = None
@@ -241,24 +245,16 @@ def start_coturn(namespace: Namespace, address: str, tmp: Path, *, port: int,
     tests can read allocations from it.
     """
     log_path = tmp / "turn.log"
-    argv = [
-        "turnserver", "-n", "--listening-ip", address, "--relay-ip", address,
-        "--listening-port", str(port), "--lt-cred-mech",
-        "--user", f"{user}:{password}", "--realm", "lab.test",
-        "--no-tls", "--no-dtls", "--no-cli",
-        "--allowed-peer-ip", "10.99.0.0-10.99.255.255",
-        "--min-port", str(relay_ports[0]), "--max-port", str(relay_ports[1]),
-        "--log-file", "stdout", "--simple-log", "--verbose",
-        "--userdb", str(tmp / "turndb"), "--pidfile", str(tmp / "turn.pid"),
-    ]
+    argv = coturn.coturn_argv(
+        listen_ips=(address,), relay_ip=address, port=port, user=user,
+        password=password, realm="lab.test", relay_ports=relay_ports,
+        state_dir=tmp, verbose=True,
+    )
     with log_path.open("w") as log:
-        namespace.popen(argv, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if "Relay ports initialization done" in log_path.read_text(errors="replace"):
-            return log_path
-        time.sleep(0.1)
-    raise AssertionError(f"coturn did not start: {log_path.read_text()[-2000:]}")
+        process = namespace.popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    if not coturn.wait_until_ready(log_path, process, 10):
+        raise AssertionError(f"coturn did not start: {log_path.read_text()[-2000:]}")
+    return log_path
 
 
 def parse_report(out: bytes, err: bytes) -> dict[str, Any]:
