@@ -469,8 +469,13 @@ class CallPair:
         prm = pj.CallOpParam()
         prm.statusCode = status
         prm.reason = reason
+        # The class header marks the response as this worker's decision: the
+        # edge retries a 486 without it on another worker, since only pjsua
+        # itself sends one when its call slots are full.
+        headers = [(CLASS_HEADER, self.call_class or "unset")]
         if header is not None:
-            prm.txOption.headers = sip_headers([header])
+            headers.append(header)
+        prm.txOption.headers = sip_headers(headers)
         self.end_reason = f"{status} {reason}"
         try:
             self.edge.hangup(prm)

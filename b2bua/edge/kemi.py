@@ -26,6 +26,7 @@ import KSR  # type: ignore[import-not-found]  # provided by app_python3
 
 from b2bua import policy as media_policy
 from b2bua.classify import (
+    CLASS_HEADER,
     ClassifyPolicy,
     check_federation,
     classify,
@@ -203,6 +204,11 @@ class EdgeHandler:
             return 1
         if (KSR.tm.t_check_status("503") > 0
                 and KSR.pv.get("$T_reply_reason") == WORKER_FULL_REASON):
+            self._redispatch_from_full_worker()
+        elif (KSR.tm.t_check_status("486") > 0
+              and KSR.pv.get(f"$T_rpl($hdr({CLASS_HEADER}))") is None):
+            # pjsua's own 486 when all four call slots are taken: the worker
+            # marks every failure it relays with the class header.
             self._redispatch_from_full_worker()
         return 1
 
