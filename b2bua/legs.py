@@ -537,7 +537,10 @@ class CallPair:
             return
         duration = (time.monotonic() - self.answered_at) if self.answered_at else 0
         if not self.end_reason:
-            if self.answered_at:
+            if self.answered_at and not leg.confirmed:
+                # pjsua gives up on a 200 that no ACK confirms (status 408).
+                self.end_reason = "no ACK from the caller"
+            elif self.answered_at:
                 self.end_reason = "caller hung up"
             else:
                 self.end_reason = "caller cancelled"
