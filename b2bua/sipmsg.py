@@ -184,7 +184,7 @@ def address_syntax_problem(value: str) -> str | None:
     put quoted URNs with angle brackets into them.
     """
     text = value.strip()
-    if "<" in text:
+    if _opens_name_addr(text):
         match = _NAME_ADDR.match(text)
         if match is None:
             return "unbalanced angle brackets or quotes"
@@ -218,6 +218,16 @@ def dialog_address_problem(message: SipMessage) -> str | None:
         return "missing Contact header"
     for contact in contacts:
         problem = address_syntax_problem(contact)
+        if problem is None:
+            # RFC 3261 section 8.1.1.8: a SIP or SIPS URI, which pjsip
+            # parses strictly (an empty host, a port that is not a number).
+            uri = name_addr_uri(contact)
+            try:
+                parsed = parse_sip_uri(uri)
+                if not parsed.host or "@" in parsed.host:
+                    problem = f"no host in {uri[:60]!r}"
+            except SipParseError:
+                problem = f"expected a SIP or SIPS URI, found {uri[:60]!r}"
         if problem is not None:
             return f"invalid Contact header: {problem}"
     return None
@@ -276,8 +286,14 @@ def split_header_list(value: str) -> list[str]:
     current: list[str] = []
     in_quotes = False
     angle_depth = 0
+    escaped = False
     for char in value:
-        if char == '"' and angle_depth == 0:
+        if escaped:
+            # The character after a backslash in a quoted string is literal.
+            escaped = False
+        elif char == "\\" and in_quotes:
+            escaped = True
+        elif char == '"' and angle_depth == 0:
             in_quotes = not in_quotes
         elif char == "<" and not in_quotes:
             angle_depth += 1
@@ -297,11 +313,39 @@ _URI_IN_ANGLES = re.compile(r"<([^>]*)>")
 
 
 def name_addr_uri(value: str) -> str:
-    """Return the URI of a From/To/Contact style value, without header params."""
-    match = _URI_IN_ANGLES.search(value)
-    if match:
-        return match.group(1).strip()
+    """Return the URI of a From/To/Contact style value, without header params.
+
+    A quoted display name may contain angle brackets, so it is skipped.
+    """
+    if _opens_name_addr(value):
+        match = _NAME_ADDR.match(value.strip())
+        if match:
+            return match.group(1).strip()
+        match = _URI_IN_ANGLES.search(value)
+        if match:
+            return match.group(1).strip()
     return value.split(";", 1)[0].strip()
+
+
+def _opens_name_addr(value: str) -> bool:
+    """Tell whether a "<" outside quotes comes before any ";" outside quotes.
+
+    Without one the value is an addr-spec, whose quoted parameters (a
+    Lync +sip.instance URN) may still contain angle brackets.
+    """
+    in_quotes = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif char == "\\" and in_quotes:
+            escaped = True
+        elif char == '"':
+            in_quotes = not in_quotes
+        elif not in_quotes and char == "<":
+            return True
+        elif not in_quotes and char == ";":
+            return False
+    return False
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,9 @@ from b2bua.sipmsg import (
     address_syntax_problem,
     dialog_address_problem,
     error_response_for_unparsable,
+    name_addr_uri,
     parse_message,
+    split_header_list,
 )
 
 BROKEN_BYE = (
@@ -96,6 +98,8 @@ def test_no_response_to_ack_or_response() -> None:
     ('<sip:bob@example.com;gruu;opaque=srvr:x>;+sip.instance="<urn:uuid:1a>"', None),
     ("<sip:c@10.0.0.2:5060> junk-continuation",
      "unexpected text 'junk-continuation' after the URI"),
+    # An addr-spec whose quoted parameter holds angle brackets.
+    ('sip:c@10.0.0.2:5062;+sip.instance="<urn:uuid:1a>"', None),
     ("<sip:c@10.0.0.2", "unbalanced angle brackets or quotes"),
     ("junk", "invalid URI 'junk'"),
     ("<>", "invalid URI ''"),
@@ -123,9 +127,36 @@ def invite_with(headers: str) -> SipMessage:
      "invalid Contact header: unexpected text 'junk' after the URI"),
     ("From: <sip:a@example.com>;tag=1\r\nTo: bob\r\nContact: <sip:a@10.0.0.2>\r\n",
      "invalid To header: invalid URI 'bob'"),
+    ("From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+     'Contact: "a \\"x, y\\" b" <sip:a@10.0.0.2>\r\n', None),
+    ("From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+     "Contact: <sip:@>\r\n", "invalid Contact header: no host in 'sip:@'"),
+    ("From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+     "Contact: <mailto:a@example.com>\r\n",
+     "invalid Contact header: expected a SIP or SIPS URI, found "
+     "'mailto:a@example.com'"),
+    ("From: <sip:a@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+     "Contact: <sip:a@10.0.0.2:port>\r\n",
+     "invalid Contact header: expected a SIP or SIPS URI, found "
+     "'sip:a@10.0.0.2:port'"),
     ("From: <sip:a@example.com>;tag=1\r\nf: <sip:b@example.com>;tag=2\r\n"
      "To: <sip:bob@example.com>\r\nContact: <sip:a@10.0.0.2>\r\n",
      "expected one From header, found 2"),
 ])
 def test_dialog_addresses(headers: str, problem: str | None) -> None:
     assert dialog_address_problem(invite_with(headers)) == problem
+
+
+@pytest.mark.parametrize(("value", "uri"), [
+    ('"Smith, J <jr> \\"Q\\"" <sip:caller@10.0.0.2>;tag=a2', "sip:caller@10.0.0.2"),
+    ('"<sip:boss@lab.test>" <sip:m@foreign.example>', "sip:m@foreign.example"),
+    ("Bob <sip:bob@example.com>;tag=1", "sip:bob@example.com"),
+    ('sip:c@10.0.0.2;+sip.instance="<urn:uuid:1a>"', "sip:c@10.0.0.2"),
+])
+def test_uri_skips_quoted_display_name(value: str, uri: str) -> None:
+    assert name_addr_uri(value) == uri
+
+
+def test_header_list_keeps_escaped_quotes() -> None:
+    value = '"a \\"x, y\\" b" <sip:a@h>, <sip:b@h>'
+    assert split_header_list(value) == ['"a \\"x, y\\" b" <sip:a@h>', "<sip:b@h>"]
