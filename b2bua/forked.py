@@ -90,7 +90,7 @@ def fork_worker(worker_id: str, runtime_file: str, index: int,
     """Fork a child that runs worker `index` and return its handle.
 
     `inherited_fds` are the supervisor's own descriptors (its lock file, the
-    edge's log pipe), which the child closes so that it cannot keep them open
+    edge's log pipes and their selector), which the child closes so that it cannot keep them open
     after the supervisor is gone.
     """
     supervisor_pid = os.getpid()

@@ -243,9 +243,9 @@ def error_response_for_unparsable(data: bytes, status: int, reason: str,
 
     Kamailio cannot reply to a request once one header line fails to parse,
     because its reply builder parses every header. This reads the start line
-    and the Via, From, To, Call-ID and CSeq lines, skips any line it cannot
-    read, and returns None when the message is not a request, is an ACK (which
-    gets no response), or lacks one of those headers. `warning` goes into a
+    and the Via, From, To, Call-ID and CSeq lines and skips any line it cannot
+    read. Returns None for a response, for an ACK (which gets no response),
+    and for a request that lacks one of those headers. `warning` goes into a
     Warning header with code 399 and `agent` as the warn-agent.
     """
     head, _body = _split_head_and_body(data)

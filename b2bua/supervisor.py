@@ -105,7 +105,7 @@ def parse_kamailio_log_line(line: str) -> tuple[int, str] | None:
 class RepeatLimiter:
     """Count repeats of a log line instead of logging each one.
 
-    The first line of a kind is logged; identical lines within `window_s`
+    The first line of a kind is logged. Identical lines within `window_s`
     are counted, and the next one logged after the window carries the count.
     """
 
@@ -123,7 +123,7 @@ class RepeatLimiter:
         repeats = last[1] if last is not None else 0
         self.seen[text] = (now, 0)
         if len(self.seen) > 1000:
-            # Lines with unique text (call ids) never repeat; keep the map small.
+            # Lines with unique text (call ids) never repeat, so drop them.
             self.seen = {k: v for k, v in self.seen.items()
                          if now - v[0] < self.window_s}
         if repeats:

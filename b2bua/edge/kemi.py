@@ -525,9 +525,10 @@ class EdgeHandler:
         Kamailio's reply builder parses every header, so sanity cannot
         reply to such a request and the caller would retransmit until its
         timer fires. The response is built from the raw bytes instead.
-        When the edge's own parser reads the request, a Kamailio module
-        has already replied, unless `parsed_problem` names what it failed
-        on; then the 400 goes out through sl with that as the Warning.
+        When the edge's own parser reads the request, the failing Kamailio
+        module has already replied. The exception is `parsed_problem`: it
+        names what the module failed on, and the 400 goes out through sl
+        with it as the Warning.
         """
         data = (KSR.pv.get("$mb") or "").encode("utf-8", "surrogateescape")
         try:
@@ -627,8 +628,8 @@ class EdgeHandler:
         conference clock then starts ticking. A worker whose call ended in
         the last CALL_ENDED_COOLDOWN_S comes after all others. Counts the
         call in the worker's dialog profiles and adds the worker to the
-        call's tried list. Runs under an htable lock so that two Kamailio children cannot
-        both see the same free slot.
+        call's tried list. Runs under an htable lock so that two Kamailio
+        children cannot both see the same free slot.
         """
         now = time.time()
         window = setup_window(float(self.runtime.get("max_setups_per_second", 4)))

@@ -334,7 +334,7 @@ def test_colonless_header_gets_400(b2bua: B2buaLab, tmp_path: Path) -> None:
 
 def test_junk_after_contact_gets_400(b2bua: B2buaLab, tmp_path: Path) -> None:
     # pjsip drops an INVITE whose Contact it cannot parse without a reply,
-    # so the edge must answer it and keep the worker in service.
+    # so the edge must reply 400 itself and keep the worker in service.
     sdp = far_sdp(b2bua, PCMU_AUDIO)
     invite = raw_invite(b2bua, "junk-contact", sdp).replace(
         b">\r\nContent-Type:", b">\r\n\tjunk-continuation\r\nContent-Type:")

@@ -98,7 +98,7 @@ def test_no_response_to_ack_or_response() -> None:
     ('<sip:bob@example.com;gruu;opaque=srvr:x>;+sip.instance="<urn:uuid:1a>"', None),
     ("<sip:c@10.0.0.2:5060> junk-continuation",
      "unexpected text 'junk-continuation' after the URI"),
-    # An addr-spec whose quoted parameter holds angle brackets.
+    # An addr-spec whose quoted parameter contains angle brackets.
     ('sip:c@10.0.0.2:5062;+sip.instance="<urn:uuid:1a>"', None),
     ("<sip:c@10.0.0.2", "unbalanced angle brackets or quotes"),
     ("junk", "invalid URI 'junk'"),
